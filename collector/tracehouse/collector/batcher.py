@@ -1,0 +1,156 @@
+"""A bounded batcher in front of the writer, after the OTel SDK's BatchProcessor.
+
+Exports are grouped into one insert when the batch reaches `max_spans` or
+its oldest export has waited `max_delay`, whichever is first; the flusher
+waits on an event with a timeout, never a polling sleep. Each `submit`
+returns only when its spans are written (or raises when they were not), so
+a receiver acknowledges nothing that is not in ClickHouse. Spans waiting or
+being written are bounded by `max_queued`: past it `submit` refuses at once
+with `Overloaded`, which receivers turn into a retryable answer. Closing
+writes everything already accepted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from types import TracebackType
+
+from tracehouse.collector.spans import SpanRows, concat
+
+log = logging.getLogger(__name__)
+
+
+class Overloaded(Exception):
+    """No room for more spans now; the client should retry later."""
+
+
+class WriteFailed(Exception):
+    """The batch holding these spans could not be written; retrying may succeed."""
+
+
+@dataclass(slots=True)
+class _Waiting:
+    rows: SpanRows
+    done: asyncio.Future[None]
+    since: float
+
+
+class Batcher:
+    def __init__(
+        self,
+        write: Callable[[SpanRows], Awaitable[None]],
+        *,
+        max_spans: int,
+        max_delay: float,
+        max_queued: int,
+    ) -> None:
+        self._write = write
+        self._max_spans = max_spans
+        self._max_delay = max_delay
+        self._max_queued = max_queued
+        self._waiting: deque[_Waiting] = deque()
+        self._queued = 0  # spans waiting
+        self._held = 0  # spans waiting or being written
+        self._arrived = asyncio.Event()
+        self._full = asyncio.Event()
+        self._closing = False
+        self._task: asyncio.Task[None] | None = None
+        self._last_failure_log = 0.0
+
+    @property
+    def held(self) -> int:
+        """Spans accepted and not yet written."""
+        return self._held
+
+    async def __aenter__(self) -> Batcher:
+        self._task = asyncio.create_task(self._run(), name="batcher")
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self._closing = True
+        self._arrived.set()
+        self._full.set()
+        if self._task:
+            await self._task
+
+    def check_capacity(self, spans: int = 1) -> None:
+        """Raise `Overloaded` if `spans` more would not fit; cheap, for before decoding."""
+        if self._closing:
+            raise Overloaded("the collector is shutting down")
+        # One export is always let in when nothing is held, however large.
+        if self._held and self._held + spans > self._max_queued:
+            raise Overloaded(f"{self._held} spans are waiting to be written")
+
+    async def submit(self, rows: SpanRows) -> None:
+        """Queue rows and wait until they are written."""
+        self.check_capacity(rows.count)
+        done = asyncio.get_running_loop().create_future()
+        self._waiting.append(_Waiting(rows, done, time.monotonic()))
+        self._queued += rows.count
+        self._held += rows.count
+        self._arrived.set()
+        if self._queued >= self._max_spans:
+            self._full.set()
+        await asyncio.shield(done)
+
+    async def _run(self) -> None:
+        while self._waiting or not self._closing:
+            if not self._waiting:
+                self._arrived.clear()
+                await self._arrived.wait()
+                continue
+            await self._until_due()
+            taken = self._take()
+            batch = concat([w.rows for w in taken])
+            try:
+                await self._write(batch)
+            except Exception as exc:
+                self._log_failure(exc)
+                outcome: Exception | None = WriteFailed(str(exc))
+            else:
+                outcome = None
+            self._held -= batch.count
+            for waiting in taken:
+                if outcome is None:
+                    waiting.done.set_result(None)
+                else:
+                    waiting.done.set_exception(outcome)
+
+    async def _until_due(self) -> None:
+        """Wait until the batch is full, its oldest export is due, or we are closing."""
+        if self._closing or self._queued >= self._max_spans:
+            return
+        delay = self._waiting[0].since + self._max_delay - time.monotonic()
+        if delay <= 0:
+            return
+        self._full.clear()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._full.wait(), delay)
+
+    def _take(self) -> list[_Waiting]:
+        """Whole exports up to `max_spans` (always at least one)."""
+        taken = [self._waiting.popleft()]
+        size = taken[0].rows.count
+        while self._waiting and size + self._waiting[0].rows.count <= self._max_spans:
+            size += self._waiting[0].rows.count
+            taken.append(self._waiting.popleft())
+        self._queued -= size
+        return taken
+
+    def _log_failure(self, exc: Exception) -> None:
+        # A down ClickHouse fails every batch; say so once in a while, not per batch.
+        now = time.monotonic()
+        if now - self._last_failure_log >= 10.0:
+            self._last_failure_log = now
+            log.warning("writing spans failed (retryable for clients): %s", exc)

@@ -1,0 +1,86 @@
+"""OTLP/HTTP receiver: `POST /v1/traces` in protobuf or JSON, and `GET /healthz`.
+
+Answers as the OTLP specification says: the response is encoded like the
+request; errors carry a `google.rpc.Status`; 400 for bad data, 413 for a
+body over the limit, 415 for a media type other than protobuf or JSON, and
+503 with Retry-After when the client should try again.
+"""
+
+from __future__ import annotations
+
+from google.protobuf import json_format
+from google.protobuf.message import Message
+from google.rpc import code_pb2, status_pb2
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from tracehouse.collector.batcher import Overloaded, WriteFailed
+from tracehouse.collector.decode import DecodeError, PayloadTooLarge, UnsupportedEncoding
+from tracehouse.collector.pipeline import Format, TracePipeline
+from tracehouse.collector.receiver_grpc import export_response
+
+RETRY_AFTER_SECONDS = 1
+
+_MEDIA_TYPES = {"application/x-protobuf": Format.PROTOBUF, "application/json": Format.JSON}
+
+
+def create_otlp_app(pipeline: TracePipeline, max_message_bytes: int) -> Starlette:
+    async def traces(request: Request) -> Response:
+        media_type = request.headers.get("content-type", "").partition(";")[0].strip().lower()
+        fmt = _MEDIA_TYPES.get(media_type)
+        if fmt is None:
+            message = (
+                f"unsupported Content-Type {media_type!r}; "
+                "use application/x-protobuf or application/json"
+            )
+            return _status(Format.JSON, 415, code_pb2.INVALID_ARGUMENT, message)
+        try:
+            body = await _read_body(request, max_message_bytes)
+            result = await pipeline.export(
+                body, fmt, encoding=request.headers.get("content-encoding", "")
+            )
+        except PayloadTooLarge as exc:
+            return _status(fmt, 413, code_pb2.INVALID_ARGUMENT, str(exc))
+        except UnsupportedEncoding as exc:
+            return _status(fmt, 415, code_pb2.INVALID_ARGUMENT, str(exc))
+        except DecodeError as exc:
+            return _status(fmt, 400, code_pb2.INVALID_ARGUMENT, str(exc))
+        except (Overloaded, WriteFailed) as exc:
+            response = _status(fmt, 503, code_pb2.UNAVAILABLE, str(exc))
+            response.headers["Retry-After"] = str(RETRY_AFTER_SECONDS)
+            return response
+        return _encode(fmt, 200, export_response(result))
+
+    async def healthz(request: Request) -> Response:
+        return JSONResponse({"status": "ok"})
+
+    return Starlette(
+        routes=[Route("/v1/traces", traces, methods=["POST"]), Route("/healthz", healthz)]
+    )
+
+
+async def _read_body(request: Request, limit: int) -> bytes:
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise PayloadTooLarge(f"body of {declared} bytes is over the limit of {limit}")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise PayloadTooLarge(f"body is over the limit of {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _status(fmt: Format, http_status: int, code: int, message: str) -> Response:
+    return _encode(fmt, http_status, status_pb2.Status(code=code, message=message))
+
+
+def _encode(fmt: Format, http_status: int, message: Message) -> Response:
+    if fmt is Format.PROTOBUF:
+        return Response(
+            message.SerializeToString(), http_status, media_type="application/x-protobuf"
+        )
+    return JSONResponse(json_format.MessageToDict(message), http_status)

@@ -1,0 +1,62 @@
+"""The query API application: `create_app(settings, store)`.
+
+Routes are thin: they validate, call the store on a worker thread, and
+serve. Every error leaves as the envelope of DESIGN.md §4:
+`{"error": {"code": ..., "message": ...}}`.
+"""
+
+from __future__ import annotations
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import ORJSONResponse
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException
+
+from tracehouse.query_api.store import Store
+from tracehouse.schema.clickhouse import StorageError
+from tracehouse.settings import Settings
+
+
+def error_response(status: int, code: str, message: str) -> ORJSONResponse:
+    return ORJSONResponse({"error": {"code": code, "message": message}}, status_code=status)
+
+
+def create_app(settings: Settings, store: Store) -> FastAPI:
+    app = FastAPI(
+        title="tracehouse query API",
+        version="1",
+        default_response_class=ORJSONResponse,
+    )
+
+    @app.exception_handler(HTTPException)
+    async def http_error(request: Request, exc: HTTPException) -> ORJSONResponse:
+        return error_response(
+            exc.status_code, _CODES.get(exc.status_code, "error"), str(exc.detail)
+        )
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request: Request, exc: RequestValidationError) -> ORJSONResponse:
+        first = exc.errors()[0] if exc.errors() else {}
+        where = ".".join(str(p) for p in first.get("loc", ()))
+        return error_response(422, "invalid_request", f"{where}: {first.get('msg', 'invalid')}")
+
+    @app.exception_handler(StorageError)
+    async def storage(request: Request, exc: StorageError) -> ORJSONResponse:
+        return error_response(503, "storage_unavailable", str(exc))
+
+    @app.get("/healthz", summary="The process is up")
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/readyz", summary="ClickHouse answers and the schema is current")
+    async def readyz() -> ORJSONResponse:
+        if await run_in_threadpool(store.ready):
+            return ORJSONResponse({"status": "ready"})
+        return error_response(503, "not_ready", "schema migrations are not all applied")
+
+    return app
+
+
+_CODES = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found",
+          405: "method_not_allowed", 413: "too_large", 429: "too_many_requests"}  # fmt: skip

@@ -1,0 +1,90 @@
+"""Versioned, idempotent migrations, applied at start and by `tracehouse migrate`.
+
+Each migration is a list of statements rendered from the DDL source for the
+layout in force. Every statement is idempotent (`IF NOT EXISTS`), so two
+processes starting at once against one server both succeed; the applied
+versions are recorded in `tracehouse_migrations`.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from clickhouse_connect.driver.client import Client
+
+from tracehouse.schema.ddl import SPANS, Layout, Table, create_table, modify_ttl, ttl_sql
+from tracehouse.schema.rows import Column
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class Migration:
+    version: int
+    name: str
+    statements: Callable[[Layout, int], list[str]]
+
+
+MIGRATIONS: tuple[Migration, ...] = (
+    Migration(1, "spans table", lambda layout, days: create_table(SPANS, layout, days)),
+)
+
+MIGRATIONS_TABLE = Table(
+    name="tracehouse_migrations",
+    columns=(
+        Column("version", "UInt32"),
+        Column("name", "String"),
+        Column("applied_at", "DateTime64(3)", default="now64(3)"),
+    ),
+    engine="ReplacingMergeTree",
+    order_by="version",
+)
+
+
+def applied_versions(client: Client) -> set[int]:
+    rows = client.query("SELECT DISTINCT version FROM tracehouse_migrations").result_rows
+    return {int(row[0]) for row in rows}
+
+
+def migrate(client: Client, layout: Layout, retention_days: int) -> list[int]:
+    """Apply what is missing, then the retention; the versions applied now."""
+    # The bookkeeping table is not sharded: every node keeps the whole list.
+    bookkeeping = Layout(cluster=layout.cluster, distributed=False)
+    for statement in create_table(MIGRATIONS_TABLE, bookkeeping, 0):
+        client.command(statement)
+    done = applied_versions(client)
+    applied = []
+    for migration in MIGRATIONS:
+        if migration.version in done:
+            continue
+        for statement in migration.statements(layout, retention_days):
+            client.command(statement)
+        client.insert(
+            "tracehouse_migrations",
+            [[migration.version, migration.name]],
+            column_names=["version", "name"],
+        )
+        log.info("applied migration %d: %s", migration.version, migration.name)
+        applied.append(migration.version)
+    apply_retention(client, SPANS, layout, retention_days)
+    return applied
+
+
+def apply_retention(client: Client, table: Table, layout: Layout, retention_days: int) -> None:
+    """Bring the table's TTL to the configured retention when it differs."""
+    name = f"{table.name}_local" if layout.cluster and layout.distributed else table.name
+    engine = client.query(
+        "SELECT engine_full FROM system.tables"
+        " WHERE database = currentDatabase() AND name = {n:String}",
+        parameters={"n": name},
+    ).result_rows[0][0]
+    wanted = ttl_sql(table, retention_days)
+    current = engine.partition(" TTL ")[2].partition(" SETTINGS ")[0].strip()
+    if current == wanted:
+        return
+    client.command(modify_ttl(table, layout, retention_days))
+    log.info(
+        "retention of %s set to %s", table.name, f"{retention_days} days" if wanted else "forever"
+    )

@@ -1,0 +1,96 @@
+"""Running a tracehouse process: storage, then the collector and/or the query API.
+
+One lifespan for the whole process. Start order matters: ClickHouse is
+opened and migrated before anything listens; on the way out the collector
+stops (and writes what it accepted) before its ClickHouse client closes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import threading
+from collections.abc import Callable
+from contextlib import AsyncExitStack, closing
+from dataclasses import dataclass
+
+from tracehouse.listeners import HttpListener
+from tracehouse.schema.clickhouse import open_client, redact
+from tracehouse.schema.ddl import SINGLE_NODE
+from tracehouse.schema.migrations import migrate
+from tracehouse.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class Roles:
+    collector: bool = True
+    query_api: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class Ports:
+    """Where the process listens (0 for a role it does not run)."""
+
+    grpc: int = 0
+    http: int = 0
+    api: int = 0
+
+
+def run_migrations(settings: Settings) -> list[int]:
+    with closing(open_client(settings.dsn)) as client:
+        return migrate(client, SINGLE_NODE, settings.retention_days)
+
+
+async def serve(
+    settings: Settings,
+    roles: Roles,
+    stop: asyncio.Event,
+    on_ready: Callable[[Ports], None] | None = None,
+) -> None:
+    """Serve until `stop` is set, then shut down cleanly."""
+    # Imported here so `tracehouse migrate` does not load gRPC and FastAPI.
+    from tracehouse.collector.service import Collector
+    from tracehouse.query_api.app import create_app
+    from tracehouse.query_api.store import Store
+
+    log.info("storage: %s", redact(settings.dsn))
+    applied = await asyncio.to_thread(run_migrations, settings)
+    if applied:
+        log.info("schema migrated to version %d", max(applied))
+    async with AsyncExitStack() as stack:
+        ports = Ports()
+        if roles.collector:
+            # The write path and the read path get a client each: one client
+            # runs one query at a time, and a long read must not stall ingest.
+            write_client = stack.enter_context(closing(open_client(settings.dsn)))
+            collector = await stack.enter_async_context(Collector(settings, write_client))
+            ports = Ports(grpc=collector.grpc_port, http=collector.http_port)
+        if roles.query_api:
+            read_client = stack.enter_context(closing(open_client(settings.dsn)))
+            app = create_app(settings, Store(read_client))
+            api = await stack.enter_async_context(
+                HttpListener(app, settings.host, settings.api_port)
+            )
+            ports = Ports(ports.grpc, ports.http, api.port)
+            log.info("query API listening on http://%s:%d/api/v1", settings.host, api.port)
+        if on_ready:
+            on_ready(ports)
+        await stop.wait()
+        log.info("shutting down")
+
+
+def run_forever(settings: Settings, roles: Roles) -> None:
+    """Serve until SIGINT or SIGTERM."""
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.add_signal_handler(sig, stop.set)
+        await serve(settings, roles, stop)
+
+    asyncio.run(main())

@@ -1,0 +1,64 @@
+"""The one settings object of a tracehouse process.
+
+Read once at start from `TRACEHOUSE_*` environment variables, overridden by
+command-line flags, validated, and passed down. Nothing else reads the
+environment.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+MIB = 1024 * 1024
+
+
+class Settings(BaseSettings):
+    """Everything a tracehouse process can be told. Defaults serve one laptop."""
+
+    model_config = SettingsConfigDict(env_prefix="TRACEHOUSE_", frozen=True, extra="forbid")
+
+    host: str = Field("127.0.0.1", description="Address every listener binds to.")
+    grpc_port: int = Field(4317, ge=0, le=65535, description="OTLP/gRPC port (0: any free).")
+    http_port: int = Field(4318, ge=0, le=65535, description="OTLP/HTTP port (0: any free).")
+    api_port: int = Field(8000, ge=0, le=65535, description="Query API port (0: any free).")
+    data_dir: Path = Field(Path("data"), description="Where embedded ClickHouse keeps its files.")
+    clickhouse_url: str = Field(
+        "",
+        description="ClickHouse DSN: chdb:///path (embedded) or http(s)://user:pass@host:8123/db. "
+        "Empty: chdb:///<data-dir>/clickhouse.",
+    )
+    retention_days: int = Field(30, ge=0, description="Days spans are kept; 0 keeps them forever.")
+    max_message_bytes: int = Field(
+        16 * MIB, gt=0, description="Largest OTLP request accepted, as sent on the wire."
+    )
+    max_decompressed_bytes: int = Field(
+        64 * MIB, gt=0, description="Largest OTLP request accepted once decompressed."
+    )
+    batch_max_spans: int = Field(20_000, gt=0, description="A batch is written at this size...")
+    batch_max_delay_ms: float = Field(
+        50.0, gt=0, description="...or when its oldest span has waited this long."
+    )
+    queue_max_spans: int = Field(
+        200_000, gt=0, description="Spans waiting to be written before exports are refused."
+    )
+    log_level: str = Field("info", pattern="^(debug|info|warning|error)$")
+
+    @model_validator(mode="after")
+    def _queue_holds_a_batch(self) -> Settings:
+        if self.queue_max_spans < self.batch_max_spans:
+            raise ValueError("queue_max_spans must be at least batch_max_spans")
+        return self
+
+    @property
+    def dsn(self) -> str:
+        """The ClickHouse DSN in force: the configured one, or embedded under data_dir."""
+        if self.clickhouse_url:
+            return self.clickhouse_url
+        return f"chdb://{(self.data_dir / 'clickhouse').resolve()}"
+
+    @property
+    def embedded(self) -> bool:
+        return self.dsn.startswith("chdb:")

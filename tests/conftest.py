@@ -1,0 +1,122 @@
+"""Shared fixtures: one chDB engine for the session, a database per test, real servers.
+
+chDB allows one engine path per process, so every test shares one data
+directory and gets a database of its own; servers run in a background
+thread of the test process, on free ports, against that database, and the
+test reads what they stored through a client of its own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from clickhouse_connect.driver.client import Client
+
+from tracehouse.schema.clickhouse import open_client
+from tracehouse.serve import Ports, Roles, serve
+from tracehouse.settings import Settings
+
+FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "otlp"
+
+_databases = itertools.count()
+
+
+class RunningServer:
+    """`tracehouse serve` in a thread of this process, on free ports."""
+
+    def __init__(self, settings: Settings, roles: Roles | None = None) -> None:
+        self.settings = settings
+        self._roles = roles or Roles()
+        self._ready = threading.Event()
+        self._failure: BaseException | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stop: asyncio.Event | None = None
+        self.ports = Ports()
+        self._thread = threading.Thread(target=self._run, name="tracehouse-server", daemon=True)
+
+    def _run(self) -> None:
+        try:
+            asyncio.run(self._main())
+        except BaseException as exc:
+            self._failure = exc
+            self._ready.set()
+
+    async def _main(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._stop = asyncio.Event()
+        await serve(self.settings, self._roles, self._stop, on_ready=self._on_ready)
+
+    def _on_ready(self, ports: Ports) -> None:
+        self.ports = ports
+        self._ready.set()
+
+    def start(self) -> RunningServer:
+        self._thread.start()
+        if not self._ready.wait(60):
+            raise TimeoutError("server did not start in 60 s")
+        if self._failure:
+            raise self._failure
+        return self
+
+    def stop(self) -> None:
+        if self._loop and self._stop and self._thread.is_alive():
+            self._loop.call_soon_threadsafe(self._stop.set)
+        self._thread.join(60)
+        assert not self._thread.is_alive(), "server did not stop in 60 s"
+        if self._failure:
+            raise self._failure
+
+    @property
+    def grpc_endpoint(self) -> str:
+        return f"127.0.0.1:{self.ports.grpc}"
+
+    @property
+    def http_base(self) -> str:
+        return f"http://127.0.0.1:{self.ports.http}"
+
+    @property
+    def api_base(self) -> str:
+        return f"http://127.0.0.1:{self.ports.api}"
+
+
+@pytest.fixture(scope="session")
+def chdb_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("chdb")
+
+
+@pytest.fixture
+def dsn(chdb_dir: Path) -> str:
+    return f"chdb://{chdb_dir}?database=test_{next(_databases)}"
+
+
+def test_settings(dsn: str, **overrides: Any) -> Settings:
+    values: dict[str, Any] = {
+        "host": "127.0.0.1",
+        "grpc_port": 0,
+        "http_port": 0,
+        "api_port": 0,
+        "clickhouse_url": dsn,
+        "batch_max_delay_ms": 5.0,
+    }
+    return Settings(**(values | overrides))
+
+
+@pytest.fixture
+def server(dsn: str) -> Iterator[RunningServer]:
+    running = RunningServer(test_settings(dsn)).start()
+    yield running
+    running.stop()
+
+
+@pytest.fixture
+def db(dsn: str) -> Iterator[Client]:
+    """A client on the test's database, for reading back what the server stored."""
+    client = open_client(dsn)
+    yield client
+    client.close()
