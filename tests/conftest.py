@@ -19,6 +19,7 @@ import pytest
 from clickhouse_connect.driver.client import Client
 
 from tracehouse.schema.clickhouse import open_client
+from tracehouse.schema.rows import decode_attributes
 from tracehouse.serve import Ports, Roles, serve
 from tracehouse.settings import Settings
 
@@ -120,3 +121,38 @@ def db(dsn: str) -> Iterator[Client]:
     client = open_client(dsn)
     yield client
     client.close()
+
+
+def read_spans(client: Client) -> dict[str, dict[str, Any]]:
+    """Every stored span by span id (deduplicated), attributes typed again."""
+    result = client.query(
+        "SELECT *, toUnixTimestamp64Nano(Timestamp) AS start_ns,"
+        " arrayMap(t -> toUnixTimestamp64Nano(t), `Events.Timestamp`) AS event_ns"
+        " FROM spans FINAL"
+    )
+    spans = {}
+    for row in result.named_results():
+        types = row["AttributeTypes"]
+        row["attributes"] = decode_attributes(row["SpanAttributes"], types, "s")
+        row["resource"] = decode_attributes(row["ResourceAttributes"], types, "r")
+        row["scope_attributes"] = decode_attributes(row["ScopeAttributes"], types, "c")
+        row["events"] = [
+            (name, ns, decode_attributes(attrs, types, f"e{i}"))
+            for i, (name, ns, attrs) in enumerate(
+                zip(row["Events.Name"], row["event_ns"], row["Events.Attributes"], strict=True)
+            )
+        ]
+        row["links"] = [
+            (trace, span, state, decode_attributes(attrs, types, f"l{i}"))
+            for i, (trace, span, state, attrs) in enumerate(
+                zip(
+                    row["Links.TraceId"],
+                    row["Links.SpanId"],
+                    row["Links.TraceState"],
+                    row["Links.Attributes"],
+                    strict=True,
+                )
+            )
+        ]
+        spans[row["SpanId"]] = row
+    return spans

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import ORJSONResponse
+from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 
@@ -18,31 +18,30 @@ from tracehouse.schema.clickhouse import StorageError
 from tracehouse.settings import Settings
 
 
-def error_response(status: int, code: str, message: str) -> ORJSONResponse:
-    return ORJSONResponse({"error": {"code": code, "message": message}}, status_code=status)
+def error_response(status: int, code: str, message: str) -> JSONResponse:
+    return JSONResponse({"error": {"code": code, "message": message}}, status_code=status)
 
 
 def create_app(settings: Settings, store: Store) -> FastAPI:
     app = FastAPI(
         title="tracehouse query API",
         version="1",
-        default_response_class=ORJSONResponse,
     )
 
     @app.exception_handler(HTTPException)
-    async def http_error(request: Request, exc: HTTPException) -> ORJSONResponse:
+    async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
         return error_response(
             exc.status_code, _CODES.get(exc.status_code, "error"), str(exc.detail)
         )
 
     @app.exception_handler(RequestValidationError)
-    async def invalid(request: Request, exc: RequestValidationError) -> ORJSONResponse:
+    async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
         first = exc.errors()[0] if exc.errors() else {}
         where = ".".join(str(p) for p in first.get("loc", ()))
         return error_response(422, "invalid_request", f"{where}: {first.get('msg', 'invalid')}")
 
     @app.exception_handler(StorageError)
-    async def storage(request: Request, exc: StorageError) -> ORJSONResponse:
+    async def storage(request: Request, exc: StorageError) -> JSONResponse:
         return error_response(503, "storage_unavailable", str(exc))
 
     @app.get("/healthz", summary="The process is up")
@@ -50,9 +49,9 @@ def create_app(settings: Settings, store: Store) -> FastAPI:
         return {"status": "ok"}
 
     @app.get("/readyz", summary="ClickHouse answers and the schema is current")
-    async def readyz() -> ORJSONResponse:
+    async def readyz() -> JSONResponse:
         if await run_in_threadpool(store.ready):
-            return ORJSONResponse({"status": "ready"})
+            return JSONResponse({"status": "ready"})
         return error_response(503, "not_ready", "schema migrations are not all applied")
 
     return app
