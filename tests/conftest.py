@@ -96,7 +96,7 @@ def dsn(chdb_dir: Path) -> str:
     return f"chdb://{chdb_dir}?database=test_{next(_databases)}"
 
 
-def test_settings(dsn: str, **overrides: Any) -> Settings:
+def server_settings(dsn: str, **overrides: Any) -> Settings:
     values: dict[str, Any] = {
         "host": "127.0.0.1",
         "grpc_port": 0,
@@ -110,7 +110,7 @@ def test_settings(dsn: str, **overrides: Any) -> Settings:
 
 @pytest.fixture
 def server(dsn: str) -> Iterator[RunningServer]:
-    running = RunningServer(test_settings(dsn)).start()
+    running = RunningServer(server_settings(dsn)).start()
     yield running
     running.stop()
 

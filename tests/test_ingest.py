@@ -100,7 +100,8 @@ def test_every_span_field_survives_a_real_exporter(
         assert row["ParentSpanId"] == (f"{span.parent.span_id:016x}" if span.parent else "")
         assert row["SpanName"] == span.name
         assert row["SpanKind"] == span.kind.name.capitalize()
-        assert span.start_time is not None and span.end_time is not None
+        assert span.start_time is not None
+        assert span.end_time is not None
         assert row["start_ns"] == span.start_time
         assert row["Duration"] == span.end_time - span.start_time
         assert row["ServiceName"] == "weather-svc"

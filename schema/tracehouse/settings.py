@@ -37,6 +37,9 @@ class Settings(BaseSettings):
     max_decompressed_bytes: int = Field(
         64 * MIB, gt=0, description="Largest OTLP request accepted once decompressed."
     )
+    max_value_bytes: int = Field(
+        MIB, gt=256, description="An input or output longer than this is cut, with a marker."
+    )
     batch_max_spans: int = Field(20_000, gt=0, description="A batch is written at this size...")
     batch_max_delay_ms: float = Field(
         50.0, gt=0, description="...or when its oldest span has waited this long."

@@ -112,20 +112,36 @@ class Batcher:
                 continue
             await self._until_due()
             taken = self._take()
-            batch = concat([w.rows for w in taken])
-            try:
-                await self._write(batch)
-            except Exception as exc:
-                self._log_failure(exc)
-                outcome: Exception | None = WriteFailed(str(exc))
-            else:
-                outcome = None
-            self._held -= batch.count
-            for waiting in taken:
+            outcomes = await self._write_all(taken)
+            self._held -= sum(w.rows.count for w in taken)
+            for waiting, outcome in zip(taken, outcomes, strict=True):
                 if outcome is None:
                     waiting.done.set_result(None)
                 else:
                     waiting.done.set_exception(outcome)
+
+    async def _write_all(self, taken: list[_Waiting]) -> list[WriteFailed | None]:
+        """Write the exports as one batch; if that fails, each alone.
+
+        One export ClickHouse refuses must not fail the exports that happened
+        to share its batch: retried alone, the others succeed and only the
+        bad one is refused.
+        """
+        try:
+            await self._write(concat([w.rows for w in taken]))
+            return [None] * len(taken)
+        except Exception as exc:
+            self._log_failure(exc)
+            if len(taken) == 1:
+                return [WriteFailed(str(exc))]
+        outcomes: list[WriteFailed | None] = []
+        for waiting in taken:
+            try:
+                await self._write(waiting.rows)
+                outcomes.append(None)
+            except Exception as exc:
+                outcomes.append(WriteFailed(str(exc)))
+        return outcomes
 
     async def _until_due(self) -> None:
         """Wait until the batch is full, its oldest export is due, or we are closing."""

@@ -15,6 +15,7 @@ from typing import Any
 
 import orjson
 from google.protobuf import json_format
+from google.protobuf.descriptor import Descriptor
 from google.protobuf.message import DecodeError as ProtobufDecodeError
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2 as otlp_trace
 
@@ -79,15 +80,41 @@ def traces_from_json(body: bytes) -> DecodedTraces:
         raise DecodeError(f"body is not valid JSON: {exc}") from exc
     if not isinstance(document, dict):
         raise DecodeError("body must be a JSON object (ExportTraceServiceRequest)")
+    _check_shapes(document, otlp_trace.ExportTraceServiceRequest.DESCRIPTOR)
     rejected, error = _hex_ids_to_base64(document)
     request = otlp_trace.ExportTraceServiceRequest()
     try:
         json_format.ParseDict(document, request, ignore_unknown_fields=True)
     except (json_format.ParseError, TypeError, ValueError, RecursionError) as exc:
-        raise DecodeError(
-            f"body is not a valid OTLP/JSON ExportTraceServiceRequest: {exc}"
-        ) from exc
+        raise DecodeError(f"{_NOT_OTLP_JSON}: {exc}") from exc
     return DecodedTraces(request, rejected, error)
+
+
+_NOT_OTLP_JSON = "body is not a valid OTLP/JSON ExportTraceServiceRequest"
+
+
+def _check_shapes(document: dict[str, Any], descriptor: Descriptor) -> None:
+    """Refuse a non-object where a message belongs, or a non-list where a repeated one does.
+
+    protobuf's JSON parser, told to ignore unknown fields (as OTLP requires),
+    would read `"status": "ERROR"` as an object with unknown fields and
+    silently drop it.
+    """
+    stack = [(document, descriptor, descriptor.name)]
+    while stack:
+        node, message, path = stack.pop()
+        for key, value in node.items():
+            field = message.fields_by_camelcase_name.get(key) or message.fields_by_name.get(key)
+            if field is None or field.message_type is None:
+                continue
+            where = f"{path}.{key}"
+            items = value if field.is_repeated else [value]
+            if field.is_repeated and not isinstance(value, list):
+                raise DecodeError(f"{_NOT_OTLP_JSON}: {where} must be a JSON array")
+            for item in items:
+                if not isinstance(item, dict):
+                    raise DecodeError(f"{_NOT_OTLP_JSON}: {where} must be made of JSON objects")
+                stack.append((item, field.message_type, where))
 
 
 # Field names in lowerCamelCase and snake_case: OTLP/JSON receivers accept both.
@@ -134,7 +161,8 @@ def _items(container: Any, keys: tuple[str, ...]) -> list[Any]:
 
 def _convert_ids(span: dict[str, Any]) -> str:
     """Convert a span's and its links' ids; a reason if one is not hex."""
-    for holder in (span, *[link for link in span.get("links") or () if isinstance(link, dict)]):
+    links = span.get("links")
+    for holder in (span, *(links if isinstance(links, list) else ())):
         for key in _SPAN_IDS.keys() & holder.keys():
             value = holder[key]
             if not isinstance(value, str):

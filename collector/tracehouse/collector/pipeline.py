@@ -14,7 +14,8 @@ from dataclasses import dataclass
 
 from tracehouse.collector.batcher import Batcher
 from tracehouse.collector.decode import decompress, traces_from_json, traces_from_protobuf
-from tracehouse.collector.spans import SpanRows, span_rows
+from tracehouse.collector.pricing import price
+from tracehouse.collector.spans import Mapping, SpanRows, span_rows
 
 
 class Format(enum.Enum):
@@ -29,13 +30,19 @@ class ExportResult:
     error: str
 
 
+@dataclass(frozen=True, slots=True)
+class Limits:
+    max_decompressed_bytes: int
+    max_value_bytes: int
+
+
 def decode_export(
-    body: bytes, fmt: Format, encoding: str, max_bytes: int, project_id: str
+    body: bytes, fmt: Format, encoding: str, limits: Limits, project_id: str
 ) -> SpanRows:
     """Wire bytes to span rows: pure and blocking, for a worker thread (or process)."""
-    raw = decompress(body, encoding, max_bytes)
+    raw = decompress(body, encoding, limits.max_decompressed_bytes)
     decoded = traces_from_protobuf(raw) if fmt is Format.PROTOBUF else traces_from_json(raw)
-    rows = span_rows(decoded.request, project_id)
+    rows = span_rows(decoded.request, project_id, Mapping(price, limits.max_value_bytes))
     if not decoded.rejected:
         return rows
     return SpanRows(
@@ -44,10 +51,10 @@ def decode_export(
 
 
 class TracePipeline:
-    def __init__(self, batcher: Batcher, executor: Executor, max_decompressed_bytes: int) -> None:
+    def __init__(self, batcher: Batcher, executor: Executor, limits: Limits) -> None:
         self._batcher = batcher
         self._executor = executor
-        self._max_bytes = max_decompressed_bytes
+        self._limits = limits
 
     async def export(
         self, body: bytes, fmt: Format, *, encoding: str = "", project_id: str = "default"
@@ -59,7 +66,7 @@ class TracePipeline:
         """
         self._batcher.check_capacity()
         rows = await asyncio.get_running_loop().run_in_executor(
-            self._executor, decode_export, body, fmt, encoding, self._max_bytes, project_id
+            self._executor, decode_export, body, fmt, encoding, self._limits, project_id
         )
         if rows.count:
             await self._batcher.submit(rows)

@@ -15,7 +15,7 @@ from types import TracebackType
 from clickhouse_connect.driver.client import Client
 
 from tracehouse.collector.batcher import Batcher
-from tracehouse.collector.pipeline import TracePipeline
+from tracehouse.collector.pipeline import Limits, TracePipeline
 from tracehouse.collector.receiver_grpc import GrpcReceiver
 from tracehouse.collector.receiver_http import create_otlp_app
 from tracehouse.collector.writer import SpanWriter
@@ -46,7 +46,8 @@ class Collector:
                 )
             )
             executor = stack.enter_context(ThreadPoolExecutor(2, thread_name_prefix="decode"))
-            pipeline = TracePipeline(batcher, executor, s.max_decompressed_bytes)
+            limits = Limits(s.max_decompressed_bytes, s.max_value_bytes)
+            pipeline = TracePipeline(batcher, executor, limits)
             grpc = await stack.enter_async_context(
                 GrpcReceiver(pipeline, s.host, s.grpc_port, s.max_message_bytes)
             )

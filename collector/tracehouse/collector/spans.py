@@ -1,16 +1,17 @@
-"""Protobuf requests → span rows, column by column, losslessly.
+"""Protobuf requests → span rows, column by column, losslessly, with their mapping.
 
 The hot path of ingest: every span passes through `span_rows` once. It
-builds the columns of `tracehouse.schema.rows` directly (no object per span)
-and checks each span's ids, leaving out, and counting, spans OTLP says a
-receiver must not accept.
+builds the columns of `tracehouse.schema.rows` directly (no object per span),
+hands the decoded span to the mapping for its step columns, and checks each
+span's ids, leaving out, and counting, spans OTLP says a receiver must not
+accept.
 """
 
 from __future__ import annotations
 
 import base64
 import math
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,12 +21,13 @@ from opentelemetry.proto.collector.trace.v1 import trace_service_pb2 as otlp_tra
 from opentelemetry.proto.common.v1 import common_pb2 as otlp_common
 from opentelemetry.proto.trace.v1 import trace_pb2 as otlp
 
-from tracehouse.schema.rows import RAW_SPAN_COLUMNS, SPAN_KINDS, STATUS_CODES, ValueType
+from tracehouse.collector.mapping import Pricer, SpanFacts, map_span
+from tracehouse.schema.rows import SPAN_KINDS, STATUS_CODES, WRITTEN_SPAN_COLUMNS, ValueType
 
 
 @dataclass(frozen=True, slots=True)
 class SpanRows:
-    """Spans as columns, in `RAW_SPAN_COLUMNS` order, and what was left out."""
+    """Spans as columns, in `WRITTEN_SPAN_COLUMNS` order, and what was left out."""
 
     columns: tuple[list[Any], ...]
     count: int
@@ -34,14 +36,14 @@ class SpanRows:
 
 
 def empty_rows() -> SpanRows:
-    return SpanRows(tuple([] for _ in RAW_SPAN_COLUMNS), 0)
+    return SpanRows(tuple([] for _ in WRITTEN_SPAN_COLUMNS), 0)
 
 
 def concat(batches: Sequence[SpanRows]) -> SpanRows:
     """One batch of many, columns joined in order."""
     if len(batches) == 1:
         return batches[0]
-    columns: tuple[list[Any], ...] = tuple([] for _ in RAW_SPAN_COLUMNS)
+    columns: tuple[list[Any], ...] = tuple([] for _ in WRITTEN_SPAN_COLUMNS)
     for batch in batches:
         for joined, part in zip(columns, batch.columns, strict=True):
             joined.extend(part)
@@ -58,7 +60,17 @@ _ZERO_TRACE = bytes(16)
 _ZERO_SPAN = bytes(8)
 
 
-def span_rows(request: otlp_trace.ExportTraceServiceRequest, project_id: str) -> SpanRows:
+@dataclass(frozen=True, slots=True)
+class Mapping:
+    """What the mapping needs besides the spans."""
+
+    price: Pricer
+    max_value_bytes: int
+
+
+def span_rows(
+    request: otlp_trace.ExportTraceServiceRequest, project_id: str, mapping: Mapping
+) -> SpanRows:
     """Every valid span of the request as a row of `project_id`."""
     rows = empty_rows()
     append = tuple(column.append for column in rows.columns)
@@ -81,7 +93,7 @@ def span_rows(request: otlp_trace.ExportTraceServiceRequest, project_id: str) ->
                     rejected += 1
                     error = error or problem
                     continue
-                _append_span(append, project_id, span, context, dict(scope_types))
+                _append_span(append, project_id, span, count, context, dict(scope_types), mapping)
                 count += 1
     return SpanRows(rows.columns, count, rejected, error)
 
@@ -100,8 +112,10 @@ def _append_span(
     append: tuple[Callable[[Any], None], ...],
     project_id: str,
     span: otlp.Span,
+    index: int,
     context: tuple[Any, ...],
     types: dict[str, str],
+    mapping: Mapping,
 ) -> None:
     service, resource, resource_url, scope_name, scope_version, scope_attributes, scope_url = (
         context
@@ -120,15 +134,20 @@ def _append_span(
         link_spans.append(link.span_id.hex())
         link_states.append(link.trace_state)
         link_attributes.append(_attributes(link.attributes, f"l{i}", types))
-    status_code = span.status.code
+    status = _name(STATUS_CODES, span.status.code)
+    facts = SpanFacts(
+        span.name, span.parent_span_id.hex(), status, span.status.message, attributes,
+        list(zip(event_names, event_attributes, strict=True)), resource,
+    )  # fmt: skip
+    step = map_span(facts, mapping.price, mapping.max_value_bytes)
     values = (
         project_id, start, span.trace_id.hex(), span.span_id.hex(), span.parent_span_id.hex(),
         span.trace_state, span.name, _name(SPAN_KINDS, span.kind), service, resource,
         resource_url, scope_name, scope_version, scope_attributes, scope_url, attributes, types,
-        max(end - start, 0), _name(STATUS_CODES, status_code), span.status.message, span.flags,
-        span.dropped_attributes_count, span.dropped_events_count, span.dropped_links_count,
+        max(end - start, 0), status, span.status.message, span.flags,
+        span.dropped_attributes_count, span.dropped_events_count, span.dropped_links_count, index,
         event_times, event_names, event_attributes,
-        link_traces, link_spans, link_states, link_attributes,
+        link_traces, link_spans, link_states, link_attributes, *step,
     )  # fmt: skip
     for add, value in zip(append, values, strict=True):
         add(value)
@@ -139,7 +158,7 @@ def _name(names: tuple[str, ...], number: int) -> str:
 
 
 def _attributes(
-    pairs: Iterable[otlp_common.KeyValue], scope: str, types: dict[str, str]
+    pairs: Sequence[otlp_common.KeyValue], scope: str, types: dict[str, str]
 ) -> dict[str, str]:
     """An attribute list as text values; types of non-strings go into `types`."""
     out: dict[str, str] = {}
@@ -149,9 +168,18 @@ def _attributes(
         if which == "string_value":
             out[pair.key] = value.string_value
             continue
-        text, tag = _ENCODERS[which](value)
+        text, tag = _ENCODERS.get(which, _absent)(value)
         out[pair.key] = text
         types[f"{scope}.{pair.key}"] = tag
+    if len(out) < len(pairs):
+        # A key sent twice (OTLP says not to): the last value wins, with its
+        # own type, not the type of a value it replaced.
+        for pair in pairs:
+            which = pair.value.WhichOneof("value")
+            if which != "string_value":
+                types[f"{scope}.{pair.key}"] = _ENCODERS.get(which, _absent)(pair.value)[1]
+            else:
+                types.pop(f"{scope}.{pair.key}", None)
     return out
 
 
@@ -185,6 +213,11 @@ def _complex(value: otlp_common.AnyValue, tag: ValueType) -> tuple[str, str]:
         return orjson.dumps(json_format.MessageToDict(value)).decode(), ValueType.ANY
 
 
+def _absent(value: otlp_common.AnyValue) -> tuple[str, str]:
+    # No value, or one only profiles use (`string_value_strindex`): absent.
+    return "", ValueType.EMPTY
+
+
 _ENCODERS: dict[str | None, Callable[[otlp_common.AnyValue], tuple[str, str]]] = {
     "bool_value": lambda v: ("true" if v.bool_value else "false", ValueType.BOOL),
     "int_value": lambda v: (str(v.int_value), ValueType.INT),
@@ -192,5 +225,5 @@ _ENCODERS: dict[str | None, Callable[[otlp_common.AnyValue], tuple[str, str]]] =
     "bytes_value": lambda v: (base64.b64encode(v.bytes_value).decode(), ValueType.BYTES),
     "array_value": lambda v: _complex(v, ValueType.ARRAY),
     "kvlist_value": lambda v: _complex(v, ValueType.KVLIST),
-    None: lambda v: ("", ValueType.EMPTY),
+    None: _absent,
 }

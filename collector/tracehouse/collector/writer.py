@@ -15,13 +15,15 @@ from clickhouse_connect.driver.exceptions import ClickHouseError
 
 from tracehouse.collector.spans import SpanRows
 from tracehouse.schema.clickhouse import StorageError
-from tracehouse.schema.rows import RAW_SPAN_COLUMNS, SPANS_TABLE
+from tracehouse.schema.rows import SPANS_TABLE, WRITTEN_SPAN_COLUMNS
 
 log = logging.getLogger(__name__)
 
 # The batcher already groups exports; ClickHouse's own async-insert buffer
-# would only add a second wait in front of the part being written.
-INSERT_SETTINGS = {"async_insert": 0}
+# would only add a second wait in front of the part being written. Spans are
+# partitioned by day of their own clocks, and one export may span many days
+# (replayed history, skewed clocks): that must not fail the insert.
+INSERT_SETTINGS = {"async_insert": 0, "throw_on_max_partitions_per_insert_block": 0}
 
 
 class SpanWriter:
@@ -29,7 +31,7 @@ class SpanWriter:
         self._client = client
         self._context = client.create_insert_context(
             SPANS_TABLE,
-            column_names=list(RAW_SPAN_COLUMNS),
+            column_names=list(WRITTEN_SPAN_COLUMNS),
             column_oriented=True,
             settings=INSERT_SETTINGS,
         )

@@ -9,9 +9,17 @@ deduplication stay shard-local.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
-from tracehouse.schema.rows import SPAN_COLUMNS, SPANS_TABLE, Column
+from tracehouse.schema.rows import (
+    PREVIEW_CHARS,
+    ROOT_TUPLE,
+    RUN_COLUMNS,
+    RUNS_TABLE,
+    SPAN_COLUMNS,
+    SPANS_TABLE,
+    Column,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,6 +48,7 @@ class Table:
     shard_key: str = "rand()"
     ttl_column: str = ""  # a DateTime64 column; rows older than the retention are dropped
     settings: tuple[tuple[str, str], ...] = ()
+    indexes: tuple[tuple[str, str], ...] = ()  # (name, "expression TYPE ... GRANULARITY n")
 
 
 SPANS = Table(
@@ -51,11 +60,98 @@ SPANS = Table(
     order_by="(ProjectId, TraceId, SpanId)",
     partition_by="toDate(Timestamp)",
     shard_key="cityHash64(TraceId)",
+    # A run id is a span id (a sub-run's, or the root's) or, while the root
+    # has not arrived, the parent id its steps name: found without the trace.
+    indexes=(
+        ("idx_span_id", "SpanId TYPE bloom_filter(0.01) GRANULARITY 1"),
+        ("idx_parent_span_id", "ParentSpanId TYPE bloom_filter(0.01) GRANULARITY 1"),
+    ),
     # Retention counts from arrival: a span whose clock says 2019 is still kept
     # for the retention after it was acknowledged.
     ttl_column="IngestedAt",
     settings=(("ttl_only_drop_parts", "1"),),
 )
+
+
+RUNS = Table(
+    name=RUNS_TABLE,
+    columns=RUN_COLUMNS,
+    engine="AggregatingMergeTree",
+    order_by="(ProjectId, TraceId)",
+    partition_by="toDate(LastSeen)",
+    shard_key="cityHash64(TraceId)",
+    ttl_column="LastSeen",
+    settings=(("ttl_only_drop_parts", "1"),),
+)
+
+_PREVIEW = f"substringUTF8({{}}, 1, {PREVIEW_CHARS})"
+_RUN_KINDS = "('agent', 'workflow')"
+
+# Per insert block of `spans`, the partial run row of each trace in it.
+RUNS_VIEW_SELECT = f"""
+SELECT
+    ProjectId,
+    TraceId,
+    min(Timestamp) AS Start,
+    max(IngestedAt) AS LastSeen,
+    min((Timestamp, ParentSpanId, StepName)) AS Topmost,
+    max(CAST(if(ParentSpanId = '',
+        (1, SpanId, StepName, StepKind, StepStatus, Timestamp + toIntervalNanosecond(Duration),
+         ErrorType, ErrorMessage, Trigger, Version, SessionId, {_PREVIEW.format("Input")},
+         {_PREVIEW.format("Output")}, Model, InputTokens, OutputTokens, TotalTokens,
+         if(StepKind IN {_RUN_KINDS}, `Links.TraceId`[1], ''),
+         if(StepKind IN {_RUN_KINDS}, `Links.SpanId`[1], '')),
+        (0, '', '', '', '', toDateTime64(0, 9), '', '', '', '', '', '', '', '', 0, 0, 0, '', '')),
+        '{ROOT_TUPLE}')) AS Root,
+    max(ServiceName) AS Service,
+    groupUniqArrayArray(if(StepStatus = 'failed', [ParentSpanId], [])) AS FailedParents,
+    groupUniqArrayArray(
+        if(StepStatus = 'failed' AND StepKind IN {_RUN_KINDS}, [ParentSpanId], [])
+    ) AS FailedAgentParents,
+    min(if(StepKind = 'llm', (0, Timestamp, {_PREVIEW.format("Input")}),
+        (1, toDateTime64(0, 9), ''))) AS FirstLlm,
+    max(if(StepKind = 'llm',
+        (1, Timestamp + toIntervalNanosecond(Duration), {_PREVIEW.format("Output")}, Model),
+        (0, toDateTime64(0, 9), '', ''))) AS LastLlm
+FROM {{source}}
+GROUP BY ProjectId, TraceId
+"""
+
+
+def create_view(name: str, target: Table, source: Table, select: str, layout: Layout) -> str:
+    """A materialized view feeding `target` from inserts into `source` (shard-local)."""
+    local = "_local" if layout.cluster and layout.distributed else ""
+    query = select.format(source=quote_identifier(source.name + local))
+    return (
+        f"CREATE MATERIALIZED VIEW IF NOT EXISTS {quote_identifier(name)}{layout.on_cluster()} "
+        f"TO {quote_identifier(target.name + local)} AS {query}"
+    )
+
+
+def add_columns(table: Table, names: tuple[str, ...], layout: Layout) -> list[str]:
+    """ALTERs adding the named columns of `table`, idempotent; on a cluster, to both tables."""
+    added = [c for c in table.columns if c.name in names]
+
+    def alter(name: str, with_codec: bool) -> str:
+        columns = ", ".join(
+            f"ADD COLUMN IF NOT EXISTS {column_sql(c if with_codec else replace(c, codec=None))}"
+            for c in added
+        )
+        return f"ALTER TABLE {quote_identifier(name)}{layout.on_cluster()} {columns}"
+
+    if layout.cluster and layout.distributed:
+        # A Distributed table stores nothing, so its columns take no codec.
+        return [alter(f"{table.name}_local", True), alter(table.name, False)]
+    return [alter(table.name, True)]
+
+
+def add_indexes(table: Table, layout: Layout) -> list[str]:
+    local = f"{table.name}_local" if layout.cluster and layout.distributed else table.name
+    return [
+        f"ALTER TABLE {quote_identifier(local)}{layout.on_cluster()} "
+        f"ADD INDEX IF NOT EXISTS {quote_identifier(name)} {spec}"
+        for name, spec in table.indexes
+    ]
 
 
 def quote_identifier(name: str) -> str:
@@ -83,7 +179,10 @@ def create_table(table: Table, layout: Layout, retention_days: int) -> list[str]
     """CREATE statements for a table in a layout, idempotent."""
     local_name = f"{table.name}_local" if layout.cluster and layout.distributed else table.name
     engine = f"Replicated{table.engine}" if layout.cluster else table.engine
-    columns = ",\n    ".join(column_sql(c) for c in table.columns)
+    columns = ",\n    ".join(
+        [column_sql(c) for c in table.columns]
+        + [f"INDEX {quote_identifier(name)} {spec}" for name, spec in table.indexes]
+    )
     clauses = [f"ENGINE = {engine}"]
     if table.partition_by:
         clauses.append(f"PARTITION BY {table.partition_by}")

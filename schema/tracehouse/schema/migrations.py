@@ -14,7 +14,19 @@ from dataclasses import dataclass
 
 from clickhouse_connect.driver.client import Client
 
-from tracehouse.schema.ddl import SPANS, Layout, Table, create_table, modify_ttl, ttl_sql
+from tracehouse.schema.ddl import (
+    RUNS,
+    RUNS_VIEW_SELECT,
+    SPANS,
+    Layout,
+    Table,
+    add_columns,
+    add_indexes,
+    create_table,
+    create_view,
+    modify_ttl,
+    ttl_sql,
+)
 from tracehouse.schema.rows import Column
 
 log = logging.getLogger(__name__)
@@ -27,8 +39,27 @@ class Migration:
     statements: Callable[[Layout, int], list[str]]
 
 
+def _runs(layout: Layout, retention_days: int) -> list[str]:
+    step_columns = (
+        "SpanIndex", "StepStatus", "CostUsd", "InputBytes", "OutputBytes", "Trigger", "Version",
+        "SessionId",
+    )  # fmt: skip
+    local = "_local" if layout.cluster and layout.distributed else ""
+    backfill = RUNS_VIEW_SELECT.format(source=f"`{SPANS.name}{local}`")
+    return [
+        *add_columns(SPANS, step_columns, layout),
+        *add_indexes(SPANS, layout),
+        *create_table(RUNS, layout, retention_days),
+        create_view("runs_mv", RUNS, SPANS, RUNS_VIEW_SELECT, layout),
+        # Spans stored before the view existed; the aggregates are idempotent,
+        # so a span the view also saw is not counted twice.
+        f"INSERT INTO `{RUNS.name}{local}` {backfill}",
+    ]
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "spans table", lambda layout, days: create_table(SPANS, layout, days)),
+    Migration(2, "step columns and the runs table", _runs),
 )
 
 MIGRATIONS_TABLE = Table(
@@ -68,7 +99,8 @@ def migrate(client: Client, layout: Layout, retention_days: int) -> list[int]:
         )
         log.info("applied migration %d: %s", migration.version, migration.name)
         applied.append(migration.version)
-    apply_retention(client, SPANS, layout, retention_days)
+    for table in (SPANS, RUNS):
+        apply_retention(client, table, layout, retention_days)
     return applied
 
 

@@ -75,6 +75,10 @@ SPAN_COLUMNS: tuple[Column, ...] = (
     Column("DroppedAttributesCount", "UInt32"),
     Column("DroppedEventsCount", "UInt32"),
     Column("DroppedLinksCount", "UInt32"),
+    # The span's place in its export request. SDKs export spans in the order
+    # they ended, which orders steps whose clocks tie (the JS SDK starts
+    # spans on whole milliseconds).
+    Column("SpanIndex", "UInt32"),
     Column("Events.Timestamp", "Array(DateTime64(9))", codec=ZSTD),
     Column("Events.Name", "Array(LowCardinality(String))", codec=ZSTD),
     Column("Events.Attributes", "Array(Map(LowCardinality(String), String))", codec=ZSTD),
@@ -82,25 +86,105 @@ SPAN_COLUMNS: tuple[Column, ...] = (
     Column("Links.SpanId", "Array(String)", codec=ZSTD),
     Column("Links.TraceState", "Array(String)", codec=ZSTD),
     Column("Links.Attributes", "Array(Map(LowCardinality(String), String))", codec=ZSTD),
-    # Mapped run/step columns (DESIGN.md §3), filled by the semantic mapping.
+    # Mapped run/step columns (DESIGN.md §3), filled by collector.mapping.
     Column("StepKind", "LowCardinality(String)", default="''"),
     Column("StepName", "String", default="''"),
+    Column("StepStatus", "LowCardinality(String)", default="''"),
     Column("Model", "LowCardinality(String)", default="''"),
     Column("InputTokens", "UInt64", default="0"),
     Column("OutputTokens", "UInt64", default="0"),
     Column("TotalTokens", "UInt64", default="0"),
+    Column("CostUsd", "Nullable(Float64)", default="NULL"),
     Column("ErrorType", "String", default="''"),
     Column("ErrorMessage", "String", default="''", codec=ZSTD),
+    # Input and output (a tool's args and result), whole up to the size limit;
+    # their *Bytes are the sizes as sent, larger than the text when it was cut.
     Column("Input", "String", default="''", codec="ZSTD(3)"),
     Column("Output", "String", default="''", codec="ZSTD(3)"),
+    Column("InputBytes", "UInt64", default="0"),
+    Column("OutputBytes", "UInt64", default="0"),
+    Column("Trigger", "LowCardinality(String)", default="''"),
+    Column("Version", "LowCardinality(String)", default="''"),
+    Column("SessionId", "String", default="''"),
     # When the row reached ClickHouse: the live tail reads by it.
     Column("IngestedAt", "DateTime64(6)", default="now64(6)"),
 )
 
 SPANS_TABLE = "spans"
 
-# What the collector's decoder fills today, in this order.
+# What the collector's decoder fills, in this order: the span as sent...
 RAW_SPAN_COLUMNS: tuple[str, ...] = tuple(c.name for c in SPAN_COLUMNS if c.default is None)
+# ...then what the mapping makes of it (all but the insert time).
+MAPPED_SPAN_COLUMNS: tuple[str, ...] = tuple(
+    c.name for c in SPAN_COLUMNS if c.default is not None and c.name != "IngestedAt"
+)
+WRITTEN_SPAN_COLUMNS = RAW_SPAN_COLUMNS + MAPPED_SPAN_COLUMNS
+
+
+RUNS_TABLE = "runs"
+
+# The root span's facts, as one tuple: the runs table keeps the tuple of the
+# span with the highest `seen` (0: a step, not the root; 1: the root).
+ROOT_TUPLE = (
+    "Tuple(seen UInt8, span_id String, name String, kind String, status String, "
+    "end DateTime64(9), error_type String, error_message String, trigger String, "
+    "version String, session_id String, input String, output String, model String, "
+    "input_tokens UInt64, output_tokens UInt64, total_tokens UInt64, link_trace String, "
+    "link_span String)"
+)
+
+# One row per trace and insert block, folded by AggregatingMergeTree with
+# functions that give the same answer whatever the order and however often a
+# span is written (min, max, set union): a trace's top-level run, whatever
+# order its spans arrive in. Filled by a materialized view over `spans`.
+RUN_COLUMNS: tuple[Column, ...] = (
+    Column("ProjectId", "LowCardinality(String)"),
+    Column("TraceId", "String"),
+    Column("Start", "SimpleAggregateFunction(min, DateTime64(9))"),
+    Column("LastSeen", "SimpleAggregateFunction(max, DateTime64(6))"),
+    # The earliest span seen: while the root is missing, its parent is the
+    # root's id and its name stands in for the run's.
+    Column("Topmost", "SimpleAggregateFunction(min, Tuple(DateTime64(9), String, String))"),
+    Column("Root", f"SimpleAggregateFunction(max, {ROOT_TUPLE})"),
+    Column("Service", "SimpleAggregateFunction(max, String)"),
+    # Parents of failed steps, and of failed agent/workflow steps: a run whose
+    # root never came, or whose wrapper root hides a failed agent, failed.
+    Column("FailedParents", "SimpleAggregateFunction(groupUniqArrayArray, Array(String))"),
+    Column("FailedAgentParents", "SimpleAggregateFunction(groupUniqArrayArray, Array(String))"),
+    # (0, start, input) of the first LLM step; (1, end, output, model) of the last.
+    Column("FirstLlm", "SimpleAggregateFunction(min, Tuple(UInt8, DateTime64(9), String))"),
+    Column("LastLlm", "SimpleAggregateFunction(max, Tuple(UInt8, DateTime64(9), String, String))"),
+)
+
+PREVIEW_CHARS = 512
+
+
+class StepKind(enum.StrEnum):
+    AGENT = "agent"
+    WORKFLOW = "workflow"
+    LLM = "llm"
+    TOOL = "tool"
+    RETRIEVER = "retriever"
+    EMBEDDING = "embedding"
+    CHAIN = "chain"
+    NODE = "node"
+    GUARDRAIL = "guardrail"
+    EVALUATOR = "evaluator"
+    HANDOFF = "handoff"
+    SPAN = "span"
+
+
+RUN_KINDS = frozenset({StepKind.AGENT, StepKind.WORKFLOW})
+
+
+class Status(enum.StrEnum):
+    """What happened to a run or a step."""
+
+    RUNNING = "running"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
 
 STATUS_CODES = ("Unset", "Ok", "Error")
 SPAN_KINDS = ("Unspecified", "Internal", "Server", "Client", "Producer", "Consumer")
@@ -160,7 +244,8 @@ def _from_otlp_json(value: Mapping[str, Any]) -> Any:
         return [_from_otlp_json(v) for v in value["arrayValue"].get("values", [])]
     if "kvlistValue" in value:
         return {
-            kv["key"]: _from_otlp_json(kv.get("value", {}))
+            # protobuf's JSON leaves out an empty key
+            kv.get("key", ""): _from_otlp_json(kv.get("value", {}))
             for kv in value["kvlistValue"].get("values", [])
         }
     return None

@@ -1,0 +1,267 @@
+"""Stored rows → run headers and step trees. Pure: no SQL, no I/O.
+
+A trace's spans come in as `SpanRow`s in any order, possibly with parents
+missing (not arrived yet) or in cycles (hostile input); the tree is built
+iteratively from the run's root, steps whose parent is unknown are hung
+under the root and flagged `orphan`, and a cycle is cut where it is found.
+Sub-runs (agent and workflow steps, and LangGraph subgraphs: a chain whose
+children are graph nodes) get a header of their own, computed from the
+steps below them.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+from tracehouse.schema.rows import RUN_KINDS, Status, StepKind
+
+
+@dataclass(frozen=True, slots=True)
+class Tokens:
+    input: int = 0
+    output: int = 0
+    total: int = 0
+
+    def __add__(self, other: Tokens) -> Tokens:
+        return Tokens(
+            self.input + other.input, self.output + other.output, self.total + other.total
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Error:
+    type: str
+    message: str
+
+
+@dataclass(frozen=True, slots=True)
+class RunHeader:
+    run_id: str
+    trace_id: str
+    parent_run_id: str | None
+    name: str
+    kind: str
+    status: str
+    trigger: str
+    version: str
+    service: str
+    session_id: str
+    started_ns: int
+    ended_ns: int | None
+    step_count: int
+    tokens: Tokens
+    cost_usd: float | None
+    model: str
+    error: Error | None
+    input_preview: str
+    output_preview: str
+    # (trace id, span id) a top-level run's root links to: it is a sub-run of
+    # the run holding that span, in another trace.
+    parent_link: tuple[str, str] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class SpanRow:
+    """One stored span as the read side needs it (previews, not whole values)."""
+
+    span_id: str
+    parent_id: str
+    kind: str
+    name: str
+    status: str
+    start_ns: int
+    duration_ns: int
+    index: int  # place in its export: orders steps whose start times tie
+    model: str
+    tokens: Tokens
+    cost_usd: float | None
+    error_type: str
+    error_message: str
+    input_preview: str
+    output_preview: str
+    trigger: str
+    version: str
+    session_id: str
+    service: str
+
+
+@dataclass(slots=True)
+class Step:
+    row: SpanRow
+    parent_step_id: str | None
+    orphan: bool = False
+    children: list[Step] = field(default_factory=list)
+    run: RunHeader | None = None  # set for the tree's root run and its sub-runs
+    # Of everything below this step:
+    descendants: int = 0
+    llm_steps: int = 0
+    llm_tokens: Tokens = field(default_factory=Tokens)
+    cost_usd: float | None = None
+    first_llm: tuple[int, str] | None = None  # (start, input) of the first LLM step
+    last_llm: tuple[int, str, str] | None = None  # (end, output, model) of the last
+
+    @property
+    def step_id(self) -> str:
+        return self.row.span_id
+
+    @property
+    def is_running(self) -> bool:
+        return self.row.status == Status.RUNNING
+
+
+def ended_ns(row: SpanRow) -> int | None:
+    return None if row.status == Status.RUNNING else row.start_ns + row.duration_ns
+
+
+def build_tree(rows: Iterable[SpanRow], root: SpanRow) -> Step:
+    """The step tree under `root` (a stored span, or a stand-in for one not arrived)."""
+    by_id = {row.span_id: row for row in rows if row.span_id != root.span_id}
+    children: dict[str, list[SpanRow]] = defaultdict(list)
+    for row in by_id.values():
+        children[row.parent_id].append(row)
+    tree = Step(root, None)
+    seen = {root.span_id}
+    _attach(tree, children, seen)
+    # What the walk from the root did not reach: parents not arrived, or cycles.
+    for row in sorted(by_id.values(), key=_start_order):
+        if row.span_id not in seen:
+            seen.add(row.span_id)
+            orphan = Step(row, tree.step_id, orphan=True)
+            tree.children.append(orphan)
+            _attach(orphan, children, seen)
+    tree.children.sort(key=lambda s: _start_order(s.row))
+    _summarise(tree)
+    return tree
+
+
+def _start_order(row: SpanRow) -> tuple[int, int, str]:
+    return row.start_ns, row.index, row.span_id
+
+
+def _attach(top: Step, children: dict[str, list[SpanRow]], seen: set[str]) -> None:
+    stack = [top]
+    while stack:
+        step = stack.pop()
+        for row in sorted(children.get(step.step_id, ()), key=_start_order):
+            if row.span_id in seen:  # a cycle: this span is its own ancestor
+                continue
+            seen.add(row.span_id)
+            child = Step(row, step.step_id)
+            step.children.append(child)
+            stack.append(child)
+
+
+def _post_order(tree: Step) -> list[Step]:
+    order, stack = [], [tree]
+    while stack:
+        step = stack.pop()
+        order.append(step)
+        stack.extend(step.children)
+    order.reverse()
+    return order
+
+
+def _summarise(tree: Step) -> None:
+    """Fill each step's aggregates over the steps below it, bottom up."""
+    for step in _post_order(tree):
+        for child in step.children:
+            row = child.row
+            step.descendants += 1 + child.descendants
+            step.llm_steps += child.llm_steps
+            step.llm_tokens += child.llm_tokens
+            step.cost_usd = _add_cost(_add_cost(step.cost_usd, row.cost_usd), child.cost_usd)
+            step.first_llm = _earlier(step.first_llm, child.first_llm)
+            step.last_llm = _later(step.last_llm, child.last_llm)
+            if row.kind == StepKind.LLM:
+                step.llm_steps += 1
+                step.llm_tokens += row.tokens
+                step.first_llm = _earlier(step.first_llm, (row.start_ns, row.input_preview))
+                end = ended_ns(row) or row.start_ns
+                step.last_llm = _later(step.last_llm, (end, row.output_preview, row.model))
+
+
+def _add_cost(a: float | None, b: float | None) -> float | None:
+    return a if b is None else b if a is None else a + b
+
+
+def _earlier(a: tuple[int, str] | None, b: tuple[int, str] | None) -> tuple[int, str] | None:
+    return b if a is None else a if b is None else min(a, b)
+
+
+def _later(
+    a: tuple[int, str, str] | None, b: tuple[int, str, str] | None
+) -> tuple[int, str, str] | None:
+    return b if a is None else a if b is None else max(a, b)
+
+
+def is_run(step: Step) -> bool:
+    kind = step.row.kind
+    if kind in RUN_KINDS:
+        return True
+    # A LangGraph subgraph is a chain span whose children are the graph's nodes.
+    return kind == StepKind.CHAIN and any(c.row.kind == StepKind.NODE for c in step.children)
+
+
+def attach_runs(tree: Step, top: RunHeader) -> None:
+    """Give the tree's root the top-level header and every sub-run a header of its own."""
+    tree.run = top
+    stack: list[tuple[Step, RunHeader]] = [(child, top) for child in tree.children]
+    while stack:
+        step, parent_run = stack.pop()
+        if is_run(step):
+            step.run = subrun_header(step, parent_run, top.trace_id)
+            parent_run = step.run
+        stack.extend((child, parent_run) for child in step.children)
+
+
+def subrun_header(step: Step, parent: RunHeader, trace_id: str) -> RunHeader:
+    row = step.row
+    kind = row.kind if row.kind in RUN_KINDS else StepKind.WORKFLOW
+    failed = row.status in (Status.FAILED, Status.CANCELLED)
+    return RunHeader(
+        run_id=row.span_id,
+        trace_id=trace_id,
+        parent_run_id=parent.run_id,
+        name=row.name,
+        kind=kind,
+        status=row.status,
+        trigger=row.trigger or "subagent",
+        version=row.version,
+        service=row.service,
+        session_id=row.session_id or parent.session_id,
+        started_ns=row.start_ns,
+        ended_ns=ended_ns(row),
+        step_count=step.descendants,
+        tokens=step.llm_tokens if step.llm_steps else row.tokens,
+        cost_usd=_add_cost(row.cost_usd, step.cost_usd),
+        model=row.model or (step.last_llm[2] if step.last_llm else ""),
+        error=Error(row.error_type, row.error_message) if failed else None,
+        input_preview=row.input_preview or (step.first_llm[1] if step.first_llm else ""),
+        output_preview=row.output_preview or (step.last_llm[1] if step.last_llm else ""),
+    )
+
+
+def find(tree: Step, step_id: str) -> tuple[Step, RunHeader] | None:
+    """The step with this id, and the run it belongs to (itself, if it is a run)."""
+    assert tree.run is not None, "attach_runs first"
+    stack = [(tree, tree.run)]
+    while stack:
+        step, run = stack.pop()
+        run = step.run or run
+        if step.step_id == step_id:
+            return step, run
+        stack.extend((child, run) for child in step.children)
+    return None
+
+
+def stand_in_root(run_id: str, name: str, status: str, rows: Sequence[SpanRow]) -> SpanRow:
+    """A root for a run whose root span has not arrived: what its steps say of it."""
+    start = min((r.start_ns for r in rows), default=0)
+    return SpanRow(
+        span_id=run_id, parent_id="", kind=StepKind.SPAN, name=name, status=status,
+        start_ns=start, duration_ns=0, index=0, model="", tokens=Tokens(), cost_usd=None,
+        error_type="", error_message="", input_preview="", output_preview="",
+        trigger="", version="", session_id="", service="",
+    )  # fmt: skip

@@ -1,0 +1,78 @@
+"""Runs and step trees: fetch from the store, assemble, resolve sub-run parents.
+
+Between the routes and the store: each function is a whole answer to one
+question the API is asked, in the project of the caller.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import NamedTuple
+
+from tracehouse.query_api.assembly import (
+    RunHeader,
+    Step,
+    attach_runs,
+    build_tree,
+    find,
+    stand_in_root,
+)
+from tracehouse.query_api.store import Store
+
+
+class RunTree(NamedTuple):
+    run: RunHeader
+    root: Step
+
+
+def trace_tree(
+    store: Store, project: str, trace_id: str, *, resolve_parent: bool = True
+) -> RunTree | None:
+    """The whole tree of a trace under its top-level run."""
+    top = store.top_runs(project, [trace_id]).get(trace_id)
+    if top is None:
+        return None
+    if resolve_parent:
+        top = with_parent(store, project, top)
+    rows = store.trace_rows(project, trace_id)
+    root_row = next((r for r in rows if r.span_id == top.run_id), None)
+    if root_row is None:
+        root_row = stand_in_root(top.run_id, top.name, top.status, rows)
+    tree = build_tree(rows, root_row)
+    attach_runs(tree, top)
+    return RunTree(top, tree)
+
+
+def run_tree(store: Store, project: str, run_id: str) -> RunTree | None:
+    """The tree of a run: a top-level run (by run or trace id) or any sub-run."""
+    trace_id = store.find_trace(project, run_id)
+    if trace_id is None:
+        return None
+    whole = trace_tree(store, project, trace_id)
+    if whole is None or run_id in (trace_id, whole.run.run_id):
+        return whole
+    found = find(whole.root, run_id)
+    if found is None or found[0].run is None:
+        return None  # a step, not a run
+    return RunTree(found[0].run, found[0])
+
+
+def run_header(store: Store, project: str, run_id: str) -> RunHeader | None:
+    tree = run_tree(store, project, run_id)
+    return tree.run if tree else None
+
+
+def with_parent(store: Store, project: str, top: RunHeader) -> RunHeader:
+    """A top-level run whose root links into another run is that run's sub-run."""
+    if top.parent_link is None:
+        return top
+    trace_id, span_id = top.parent_link
+    # One hop only: the linked run's own parent does not change this answer,
+    # and two traces linking each other must not send us round in circles.
+    linked = (
+        trace_tree(store, project, trace_id, resolve_parent=False)
+        if trace_id != top.trace_id
+        else None
+    )
+    found = find(linked.root, span_id) if linked else None
+    return replace(top, parent_run_id=found[1].run_id) if found else top

@@ -1,0 +1,98 @@
+"""Hand-built OTLP spans for tests that need exact control of ids, times and attributes."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterable
+from typing import Any
+
+from opentelemetry.proto.collector.trace.v1 import trace_service_pb2 as otlp_trace
+from opentelemetry.proto.common.v1 import common_pb2 as otlp_common
+from opentelemetry.proto.trace.v1 import trace_pb2 as otlp
+
+from tracehouse.collector.pipeline import Format, Limits, decode_export
+from tracehouse.collector.spans import SpanRows
+
+BASE_NS = 1_790_000_000_000_000_000
+_ids = itertools.count(1)
+
+
+def new_id(size: int) -> bytes:
+    return next(_ids).to_bytes(size, "big")
+
+
+def set_value(target: otlp_common.AnyValue, value: Any) -> None:
+    if isinstance(value, bool):
+        target.bool_value = value
+    elif isinstance(value, int):
+        target.int_value = value
+    elif isinstance(value, float):
+        target.double_value = value
+    elif isinstance(value, bytes):
+        target.bytes_value = value
+    elif isinstance(value, list):
+        target.array_value.SetInParent()
+        for item in value:
+            set_value(target.array_value.values.add(), item)
+    elif isinstance(value, dict):
+        target.kvlist_value.SetInParent()
+        for key, item in value.items():
+            pair = target.kvlist_value.values.add(key=key)
+            set_value(pair.value, item)
+    else:
+        target.string_value = str(value)
+
+
+def span(
+    name: str,
+    trace_id: bytes,
+    span_id: bytes,
+    parent_id: bytes = b"",
+    *,
+    start: int = 0,
+    end: int = 1,
+    attributes: dict[str, Any] | None = None,
+    error: str | None = None,
+    events: Iterable[tuple[str, dict[str, Any]]] = (),
+    links: Iterable[tuple[bytes, bytes]] = (),
+) -> otlp.Span:
+    """A span; `start` and `end` are milliseconds after BASE_NS."""
+    built = otlp.Span(
+        trace_id=trace_id,
+        span_id=span_id,
+        parent_span_id=parent_id,
+        name=name,
+        start_time_unix_nano=BASE_NS + start * 1_000_000,
+        end_time_unix_nano=BASE_NS + end * 1_000_000,
+    )
+    for key, value in (attributes or {}).items():
+        set_value(built.attributes.add(key=key).value, value)
+    for event_name, event_attributes in events:
+        event = built.events.add(name=event_name, time_unix_nano=built.end_time_unix_nano)
+        for key, value in event_attributes.items():
+            set_value(event.attributes.add(key=key).value, value)
+    for link_trace, link_span in links:
+        built.links.add(trace_id=link_trace, span_id=link_span)
+    if error is not None:
+        built.status.code = otlp.Status.STATUS_CODE_ERROR
+        built.status.message = error
+    return built
+
+
+def request(
+    spans: Iterable[otlp.Span], service: str = "svc"
+) -> otlp_trace.ExportTraceServiceRequest:
+    built = otlp_trace.ExportTraceServiceRequest()
+    resource_spans = built.resource_spans.add()
+    set_value(resource_spans.resource.attributes.add(key="service.name").value, service)
+    resource_spans.scope_spans.add().spans.extend(spans)
+    return built
+
+
+LIMITS = Limits(max_decompressed_bytes=64 << 20, max_value_bytes=1 << 20)
+
+
+def rows_of(spans: Iterable[otlp.Span], project: str = "default") -> SpanRows:
+    """Span rows exactly as the collector makes them from an export of these spans."""
+    body = request(spans).SerializeToString()
+    return decode_export(body, Format.PROTOBUF, "", LIMITS, project)
