@@ -7,15 +7,21 @@ serve. Every error leaves as the envelope of DESIGN.md §4:
 
 from __future__ import annotations
 
+import logging
+
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 
+from tracehouse.query_api.params import BadParameter
+from tracehouse.query_api.routes import NotFound, router
 from tracehouse.query_api.store import Store
 from tracehouse.schema.clickhouse import StorageError
 from tracehouse.settings import Settings
+
+log = logging.getLogger(__name__)
 
 
 def error_response(status: int, code: str, message: str) -> JSONResponse:
@@ -40,6 +46,19 @@ def create_app(settings: Settings, store: Store) -> FastAPI:
         where = ".".join(str(p) for p in first.get("loc", ()))
         return error_response(422, "invalid_request", f"{where}: {first.get('msg', 'invalid')}")
 
+    @app.exception_handler(NotFound)
+    async def not_found(request: Request, exc: NotFound) -> JSONResponse:
+        return error_response(404, "not_found", str(exc))
+
+    @app.exception_handler(BadParameter)
+    async def bad_parameter(request: Request, exc: BadParameter) -> JSONResponse:
+        return error_response(422, "invalid_request", str(exc))
+
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("unexpected error answering %s", request.url.path)
+        return error_response(500, "internal", "unexpected error; it has been logged")
+
     @app.exception_handler(StorageError)
     async def storage(request: Request, exc: StorageError) -> JSONResponse:
         return error_response(503, "storage_unavailable", str(exc))
@@ -54,6 +73,8 @@ def create_app(settings: Settings, store: Store) -> FastAPI:
             return JSONResponse({"status": "ready"})
         return error_response(503, "not_ready", "schema migrations are not all applied")
 
+    app.state.store = store
+    app.include_router(router)
     return app
 
 

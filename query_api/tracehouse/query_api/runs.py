@@ -7,7 +7,7 @@ question the API is asked, in the project of the caller.
 from __future__ import annotations
 
 from dataclasses import replace
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from tracehouse.query_api.assembly import (
     RunHeader,
@@ -17,6 +17,7 @@ from tracehouse.query_api.assembly import (
     find,
     stand_in_root,
 )
+from tracehouse.query_api.sql import RunFilter
 from tracehouse.query_api.store import Store
 
 
@@ -76,3 +77,45 @@ def with_parent(store: Store, project: str, top: RunHeader) -> RunHeader:
     )
     found = find(linked.root, span_id) if linked else None
     return replace(top, parent_run_id=found[1].run_id) if found else top
+
+
+class RunPage(NamedTuple):
+    runs: list[RunHeader]
+    counts: dict[str, int]
+    next_cursor: tuple[int, str] | None
+
+
+def run_page(
+    store: Store, project: str, f: RunFilter, cursor: tuple[int, str] | None, limit: int
+) -> RunPage:
+    """One page of the run list, newest first, with the status counts of the whole list."""
+    keys = store.list_runs(project, f, cursor, limit)
+    page = keys[:limit]
+    top = store.top_runs(project, [trace for trace, _, _, nested in page if not nested])
+    trees: dict[str, RunTree | None] = {}
+    runs = []
+    for trace, run_id, _, nested in page:
+        if not nested:
+            runs.append(with_parent(store, project, top[trace]))
+            continue
+        if trace not in trees:
+            trees[trace] = trace_tree(store, project, trace)
+        whole = trees[trace]
+        found = find(whole.root, run_id) if whole else None
+        if found and found[0].run:
+            runs.append(found[0].run)
+    more = len(keys) > limit
+    next_cursor = (page[-1][2], page[-1][1]) if more and page else None
+    return RunPage(runs, store.count_runs(project, f), next_cursor)
+
+
+def run_step(
+    store: Store, project: str, run_id: str, step_id: str
+) -> tuple[Step, dict[str, Any]] | None:
+    """A step of a run (its own, or of a sub-run below it) and everything stored of it."""
+    tree = run_tree(store, project, run_id)
+    found = find(tree.root, step_id) if tree else None
+    if tree is None or found is None:
+        return None
+    row = store.step(project, tree.run.trace_id, step_id)
+    return (found[0], row) if row else None
