@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 from collections.abc import Iterable
 from typing import Any
@@ -18,7 +19,8 @@ _ids = itertools.count(1)
 
 
 def new_id(size: int) -> bytes:
-    return next(_ids).to_bytes(size, "big")
+    """A fresh id: deterministic, and unlike its neighbours from the first hex digit."""
+    return hashlib.sha256(next(_ids).to_bytes(8, "big")).digest()[:size]
 
 
 def set_value(target: otlp_common.AnyValue, value: Any) -> None:
