@@ -9,10 +9,10 @@ from typing import Any
 
 import httpx
 import pytest
-from builders import BASE_NS, new_id, request, span
-from conftest import RunningServer, server_settings
 from opentelemetry.proto.trace.v1 import trace_pb2 as otlp
 
+from builders import BASE_NS, new_id, request, span
+from conftest import RunningServer, server_settings
 from tracehouse.query_api import models
 
 _databases = itertools.count()
@@ -249,8 +249,9 @@ def test_step_detail_has_args_result_and_typed_attributes(api: Api, world: World
 def test_paging_while_runs_arrive_never_repeats_or_skips(api: Api) -> None:
     batch = new_id(16).hex()[:8]
     for i in range(23):
-        api.send(span(f"invoke_agent page-{batch}-{i}", new_id(16), new_id(8),
-                      start=1000 + i, end=1001 + i, attributes=agent(f"page-{batch}-{i}")))  # fmt: skip
+        name = f"page-{batch}-{i}"
+        api.send(span(f"invoke_agent {name}", new_id(16), new_id(8), start=1000 + i,
+                      end=1001 + i, attributes=agent(name)))  # fmt: skip
     seen: list[str] = []
     cursor: str | None = None
     for page in itertools.count():
