@@ -43,7 +43,7 @@ class Api:
         )
         assert response.status_code == 200, response.text
 
-    def get(self, path: str, expect: int = 200, **query: Any) -> Any:
+    def get(self, path: str, expect: int = 200, /, **query: Any) -> Any:
         response = self.http.get(path, params=query)
         assert response.status_code == expect, response.text
         return response.json()
@@ -181,15 +181,15 @@ def test_run_header_by_run_id_trace_id_and_sub_run_id(api: Api, world: World) ->
 
 
 def test_unknown_and_malformed_ids_answer_with_the_error_envelope(api: Api, world: World) -> None:
-    missing = api.get(f"/runs/{new_id(8).hex()}", expect=404)
+    missing = api.get(f"/runs/{new_id(8).hex()}", 404)
     assert missing["error"]["code"] == "not_found"
-    assert api.get("/runs/not-hex", expect=422)["error"]["code"] == "invalid_request"
+    assert api.get("/runs/not-hex", 422)["error"]["code"] == "invalid_request"
     # A step id is not a run id.
-    assert api.get(f"/runs/{world.tool.hex()}", expect=404)["error"]["code"] == "not_found"
-    assert api.get("/nothing-here", expect=404)["error"]["code"] == "not_found"
+    assert api.get(f"/runs/{world.tool.hex()}", 404)["error"]["code"] == "not_found"
+    assert api.get("/nothing-here", 404)["error"]["code"] == "not_found"
     for bad in ({"status": "done"}, {"limit": "0"}, {"limit": "501"}, {"cursor": "abc"},
                 {"since": "yesterday"}):  # fmt: skip
-        body = api.get("/runs", expect=422, **bad)
+        body = api.get("/runs", 422, **bad)
         assert set(body) == {"error"}
         assert body["error"]["message"]
 
@@ -222,8 +222,8 @@ def test_depth_cuts_the_tree_and_from_reads_on(api: Api, world: World) -> None:
     assert below["root"]["step_id"] == world.tool.hex()
     assert below["root"]["children"][0]["run_id"] == world.sub.hex()
     assert below["root"]["children"][0]["children"] is None
-    api.get(f"/runs/{run}/tree", expect=404, **{"from": new_id(8).hex()})
-    api.get(f"/runs/{run}/tree", expect=422, depth=-1)
+    api.get(f"/runs/{run}/tree", 404, **{"from": new_id(8).hex()})
+    api.get(f"/runs/{run}/tree", 422, depth=-1)
 
 
 def test_step_detail_has_args_result_and_typed_attributes(api: Api, world: World) -> None:
@@ -243,7 +243,7 @@ def test_step_detail_has_args_result_and_typed_attributes(api: Api, world: World
     assert chat_step["kind"] == "llm"
     assert "input" in chat_step
     # ...but not through a run it does not belong to.
-    api.get(f"/runs/{world.failed[1].hex()}/steps/{tool}", expect=404)
+    api.get(f"/runs/{world.failed[1].hex()}/steps/{tool}", 404)
 
 
 def test_paging_while_runs_arrive_never_repeats_or_skips(api: Api) -> None:
@@ -286,8 +286,8 @@ def test_stats_count_runs_tokens_and_cost(api: Api, world: World) -> None:
     assert weather["tokens"]["total"] == 165
     assert weather["cost_usd"] == pytest.approx(150 * 2.5e-6 + 15 * 10e-6)
     assert body["duration_ms"]["p50"] is not None
-    api.get("/stats", expect=422, bucket="0")
-    api.get("/stats", expect=422, bucket="1s", since="0")
+    api.get("/stats", 422, bucket="0")
+    api.get("/stats", 422, bucket="1s", since="0")
 
 
 def test_openapi_documents_every_route(api: Api) -> None:
