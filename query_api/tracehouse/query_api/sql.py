@@ -51,20 +51,21 @@ SELECT
     root.link_span != '' AS is_sub_run,
     root.seen > 0 AS root_seen
 FROM (
+    -- FINAL folds a trace's partial rows as a GROUP BY would, and skips the
+    -- work for parts that merges already folded: far cheaper on big tables.
     SELECT
         TraceId,
-        min(Start) AS started,
-        max(LastSeen) AS last_seen,
-        min(Topmost) AS topmost,
-        max(Root) AS root,
-        max(Service) AS service,
-        groupUniqArrayArray(FailedParents) AS failed_parents,
-        groupUniqArrayArray(FailedAgentParents) AS failed_agent_parents,
-        min(FirstLlm) AS first_llm,
-        max(LastLlm) AS last_llm
-    FROM runs
+        Start AS started,
+        LastSeen AS last_seen,
+        Topmost AS topmost,
+        Root AS root,
+        Service AS service,
+        FailedParents AS failed_parents,
+        FailedAgentParents AS failed_agent_parents,
+        FirstLlm AS first_llm,
+        LastLlm AS last_llm
+    FROM runs FINAL
     WHERE ProjectId = {project:String} /*scope*/
-    GROUP BY TraceId
 )
 """
 

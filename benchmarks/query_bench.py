@@ -1,0 +1,117 @@
+"""Query benchmark: 1M runs and 20M steps in embedded ClickHouse, timed over real HTTP.
+
+    .venv/bin/python benchmarks/query_bench.py [--runs 1000000] [--repeat 30]
+
+Generates the dataset once under benchmarks/.data (reused while its size
+matches), starts the query API in this process on a free port, and reports
+p50/p95 latency for the DESIGN.md §5 query bars.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import platform
+import statistics
+import sys
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import httpx
+
+from benchmarks.query_data import generate_runs, generate_tree
+from tracehouse.schema.clickhouse import open_client
+from tracehouse.schema.ddl import SINGLE_NODE
+from tracehouse.schema.migrations import migrate
+from tracehouse.serve import Ports, Roles, serve
+from tracehouse.settings import Settings
+
+DATA = Path(__file__).resolve().parent / ".data" / "query"
+SMALL = ("0" * 31 + "1", "00000000000000a1")
+BIG = ("0" * 31 + "2", "00000000000000b2")
+
+
+def prepare(dsn: str, runs: int) -> None:
+    client = open_client(dsn)
+    migrate(client, SINGLE_NODE, 0)
+    stored = client.query("SELECT count() FROM runs FINAL").result_rows[0][0]
+    if stored < runs:
+        print(f"generating {runs:,} runs ({runs * 20:,} spans)...", flush=True)
+        began = time.perf_counter()
+        generate_runs(client, runs - stored, first_run=stored)
+        generate_tree(client, SMALL[0], SMALL[1], size=1_000, children=10)
+        generate_tree(client, BIG[0], BIG[1], size=100_000, children=100)
+        print(f"  generated in {time.perf_counter() - began:.0f} s", flush=True)
+    spans = client.query("SELECT count() FROM spans").result_rows[0][0]
+    traces = client.query("SELECT uniqExact(TraceId) FROM runs").result_rows[0][0]
+    print(f"dataset: {traces:,} runs, {spans:,} spans")
+    client.close()
+
+
+def start_api(dsn: str) -> tuple[str, Callable[[], None]]:
+    settings = Settings(clickhouse_url=dsn, api_port=0, retention_days=0)
+    ready = threading.Event()
+    ports: list[Ports] = []
+    stop = asyncio.Event()
+    loop: list[asyncio.AbstractEventLoop] = []
+
+    async def main() -> None:
+        loop.append(asyncio.get_running_loop())
+        await serve(settings, Roles(collector=False), stop,
+                    on_ready=lambda p: (ports.append(p), ready.set()))  # fmt: skip
+
+    thread = threading.Thread(target=asyncio.run, args=(main(),), daemon=True)
+    thread.start()
+    if not ready.wait(120):
+        sys.exit("query API did not start")
+
+    def shutdown() -> None:
+        loop[0].call_soon_threadsafe(stop.set)
+        thread.join(30)
+
+    return f"http://127.0.0.1:{ports[0].api}/api/v1", shutdown
+
+
+def timed(client: httpx.Client, path: str, params: dict[str, str], repeat: int) -> list[float]:
+    client.get(path, params=params).raise_for_status()  # warm caches once
+    times = []
+    for _ in range(repeat):
+        began = time.perf_counter()
+        client.get(path, params=params).raise_for_status()
+        times.append((time.perf_counter() - began) * 1000)
+    return times
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--runs", type=int, default=1_000_000)
+    parser.add_argument("--repeat", type=int, default=30)
+    args = parser.parse_args()
+    DATA.mkdir(parents=True, exist_ok=True)
+    dsn = f"chdb://{DATA}?database=bench_{args.runs}"
+    prepare(dsn, args.runs)
+    base, shutdown = start_api(dsn)
+    scenarios = {
+        "list, first page with counts (bar p95 < 100 ms)": ("/runs", {}),
+        "list, filtered and searched (bar p95 < 200 ms)": (
+            "/runs", {"status": "failed", "q": "weather", "trigger": "manual"}),
+        "tree of 1,000 steps (bar < 100 ms)": (f"/runs/{SMALL[1]}/tree", {}),
+        "first level of a 100,000-step tree (bar < 100 ms)": (
+            f"/runs/{BIG[1]}/tree", {"depth": "1"}),
+    }  # fmt: skip
+    print(f"\n{platform.node()} {platform.processor() or platform.machine()}, "
+          f"{args.repeat} requests each\n")  # fmt: skip
+    print(f"| query | p50 ms | p95 ms |\n|---|---|---|")
+    with httpx.Client(base_url=base, timeout=120) as client:
+        for label, (path, params) in scenarios.items():
+            times = sorted(timed(client, path, params, args.repeat))
+            p95 = times[min(len(times) - 1, int(len(times) * 0.95))]
+            print(f"| {label} | {statistics.median(times):.1f} | {p95:.1f} |", flush=True)
+    shutdown()
+    print(f"\nreproduce: .venv/bin/python -m benchmarks.query_bench --runs {args.runs}")
+
+
+if __name__ == "__main__":
+    main()
