@@ -22,55 +22,46 @@ from tracehouse.schema.rows import PREVIEW_CHARS
 # - a root that is neither agent nor workflow (a wrapper, an HTTP handler)
 #   that completed while an agent directly under it failed: `failed`;
 # - otherwise what happened to the root span.
-_DERIVED_RUNS = """
-SELECT
+_RUN_KEY_COLUMNS = """
     TraceId AS trace_id,
     if(root.seen > 0, root.span_id, topmost.2) AS run_id,
     if(root.seen > 0, root.name, topmost.3) AS name,
     if(root.seen > 0, root.kind, 'span') AS kind,
     multiIf(
-        root.seen = 0, if(has(failed_parents, topmost.2), 'failed', 'running'),
+        root.seen = 0, if(has(FailedParents, topmost.2), 'failed', 'running'),
         root.status = 'completed' AND root.kind NOT IN ('agent', 'workflow')
-            AND has(failed_agent_parents, root.span_id), 'failed',
+            AND has(FailedAgentParents, root.span_id), 'failed',
         root.status
     ) AS status,
     if(root.trigger != '', root.trigger, if(root.link_span != '', 'subagent', 'unknown'))
         AS trigger,
     root.version AS version,
-    service,
     root.session_id AS session_id,
-    toUnixTimestamp64Nano(started) AS started_ns,
-    if(root.seen > 0, toUnixTimestamp64Nano(root.end), NULL) AS ended_ns,
-    (root.input_tokens, root.output_tokens, root.total_tokens) AS own_tokens,
-    if(root.model != '', root.model, last_llm.4) AS model,
-    (root.error_type, root.error_message) AS error,
-    if(root.input != '', root.input, first_llm.3) AS input_preview,
-    if(root.output != '', root.output, last_llm.3) AS output_preview,
-    root.link_trace AS link_trace,
+    toUnixTimestamp64Nano(Start) AS started_ns,
     root.link_span AS link_span,
     root.link_span != '' AS is_sub_run,
-    root.seen > 0 AS root_seen
-FROM (
-    -- FINAL folds a trace's partial rows as a GROUP BY would, and skips the
-    -- work for parts that merges already folded: far cheaper on big tables.
-    SELECT
-        TraceId,
-        Start AS started,
-        LastSeen AS last_seen,
-        Topmost AS topmost,
-        Root AS root,
-        Service AS service,
-        FailedParents AS failed_parents,
-        FailedAgentParents AS failed_agent_parents,
-        FirstLlm AS first_llm,
-        LastLlm AS last_llm
-    FROM runs FINAL
-    WHERE ProjectId = {project:String} /*scope*/
-)
+    root.seen > 0 AS root_seen"""
+
+# FINAL folds a trace's partial rows as a GROUP BY would, and skips the work
+# for parts that merges already folded: far cheaper on big tables.
+_RUNS_FROM = """
+FROM (SELECT *, RootKey AS root, Topmost AS topmost FROM runs FINAL
+      WHERE ProjectId = {project:String} /*scope*/)
 """
 
 # Headers of the top-level runs of the given traces.
-RUNS_SQL = _DERIVED_RUNS.replace("/*scope*/", "AND TraceId IN {traces:Array(String)}")
+RUNS_SQL = f"""
+SELECT {_RUN_KEY_COLUMNS},
+    Service AS service,
+    if(root.seen > 0, toUnixTimestamp64Nano(RootDetail.end), NULL) AS ended_ns,
+    (RootDetail.input_tokens, RootDetail.output_tokens, RootDetail.total_tokens) AS own_tokens,
+    if(RootDetail.model != '', RootDetail.model, LastLlm.4) AS model,
+    (RootDetail.error_type, RootDetail.error_message) AS error,
+    if(RootDetail.input != '', RootDetail.input, FirstLlm.3) AS input_preview,
+    if(RootDetail.output != '', RootDetail.output, LastLlm.3) AS output_preview,
+    RootDetail.link_trace AS link_trace
+{_RUNS_FROM.replace("/*scope*/", "AND TraceId IN {traces:Array(String)}")}
+"""
 
 # What a run header needs from every step of its trace.
 TRACE_TOTALS_SQL = """
@@ -113,7 +104,7 @@ LIMIT 1
 _TOP_LEVEL = f"""
 SELECT trace_id, run_id, name, status, trigger, version, session_id, started_ns, is_sub_run,
     0 AS nested
-FROM ({_DERIVED_RUNS.replace("/*scope*/", "")})
+FROM (SELECT {_RUN_KEY_COLUMNS} {_RUNS_FROM.replace("/*scope*/", "")})
 """
 
 _NESTED = """
@@ -205,7 +196,11 @@ def stats(f: RunFilter, bucket_seconds: int) -> dict[str, tuple[str, dict[str, A
     """Dashboard aggregates over top-level runs in a time range (and their steps)."""
     clauses, params = _where(f, with_status=True)
     where = " AND ".join(clauses) or "1"
-    runs = f"(SELECT * FROM ({_DERIVED_RUNS.replace('/*scope*/', '')}) WHERE {where})"
+    runs = f"""(SELECT * FROM (SELECT {_RUN_KEY_COLUMNS}, Service AS service,
+        if(root.seen > 0, toUnixTimestamp64Nano(RootDetail.end), NULL) AS ended_ns,
+        (RootDetail.input_tokens, RootDetail.output_tokens, RootDetail.total_tokens)
+            AS own_tokens
+        {_RUNS_FROM.replace("/*scope*/", "")}) WHERE {where})"""
     params["bucket"] = bucket_seconds
     steps_since = "Timestamp >= fromUnixTimestamp64Nano({since:Int64})" if f.since_ns else "1"
     steps_until = "Timestamp <= fromUnixTimestamp64Nano({until:Int64})" if f.until_ns else "1"

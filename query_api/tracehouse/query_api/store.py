@@ -86,9 +86,9 @@ class Store:
 
 
 def _header(run: Sequence[Any], totals: Sequence[Any] | None) -> RunHeader:
-    (trace_id, run_id, name, kind, status, trigger, version, service, session_id, started_ns,
-     ended_ns, own_tokens, model, error, input_preview, output_preview, link_trace,
-     link_span, _is_sub_run, root_seen) = run  # fmt: skip
+    (trace_id, run_id, name, kind, status, trigger, version, session_id, started_ns, link_span,
+     _is_sub_run, root_seen, service, ended_ns, own_tokens, model, error, input_preview,
+     output_preview, link_trace) = run  # fmt: skip
     _, spans, llm_steps, input_tokens, output_tokens, total_tokens, cost, first_error = totals or (
         "", 0, 0, 0, 0, 0, None, ("", "")
     )  # fmt: skip

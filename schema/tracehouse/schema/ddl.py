@@ -13,7 +13,8 @@ from dataclasses import dataclass, replace
 
 from tracehouse.schema.rows import (
     PREVIEW_CHARS,
-    ROOT_TUPLE,
+    ROOT_DETAIL_TUPLE,
+    ROOT_KEY_TUPLE,
     RUN_COLUMNS,
     RUNS_TABLE,
     SPAN_COLUMNS,
@@ -69,7 +70,8 @@ SPANS = Table(
     # Retention counts from arrival: a span whose clock says 2019 is still kept
     # for the retention after it was acknowledged.
     ttl_column="IngestedAt",
-    settings=(("ttl_only_drop_parts", "1"),),
+    # A trace is a point lookup of ~1.5 KB rows: small granules read little.
+    settings=(("ttl_only_drop_parts", "1"), ("index_granularity", "1024")),
 )
 
 
@@ -81,7 +83,7 @@ RUNS = Table(
     partition_by="toDate(LastSeen)",
     shard_key="cityHash64(TraceId)",
     ttl_column="LastSeen",
-    settings=(("ttl_only_drop_parts", "1"),),
+    settings=(("ttl_only_drop_parts", "1"), ("index_granularity", "1024")),
 )
 
 _PREVIEW = f"substringUTF8({{}}, 1, {PREVIEW_CHARS})"
@@ -96,13 +98,16 @@ SELECT
     max(IngestedAt) AS LastSeen,
     min((Timestamp, ParentSpanId, StepName)) AS Topmost,
     max(CAST(if(ParentSpanId = '',
-        (1, SpanId, StepName, StepKind, StepStatus, Timestamp + toIntervalNanosecond(Duration),
-         ErrorType, ErrorMessage, Trigger, Version, SessionId, {_PREVIEW.format("Input")},
-         {_PREVIEW.format("Output")}, Model, InputTokens, OutputTokens, TotalTokens,
-         if(StepKind IN {_RUN_KINDS}, `Links.TraceId`[1], ''),
+        (1, SpanId, StepName, StepKind, StepStatus, Trigger, Version, SessionId,
          if(StepKind IN {_RUN_KINDS}, `Links.SpanId`[1], '')),
-        (0, '', '', '', '', toDateTime64(0, 9), '', '', '', '', '', '', '', '', 0, 0, 0, '', '')),
-        '{ROOT_TUPLE}')) AS Root,
+        (0, '', '', '', '', '', '', '', '')),
+        '{ROOT_KEY_TUPLE}')) AS RootKey,
+    max(CAST(if(ParentSpanId = '',
+        (1, Timestamp + toIntervalNanosecond(Duration), ErrorType, ErrorMessage,
+         {_PREVIEW.format("Input")}, {_PREVIEW.format("Output")}, Model, InputTokens,
+         OutputTokens, TotalTokens, if(StepKind IN {_RUN_KINDS}, `Links.TraceId`[1], '')),
+        (0, toDateTime64(0, 9), '', '', '', '', '', 0, 0, 0, '')),
+        '{ROOT_DETAIL_TUPLE}')) AS RootDetail,
     max(ServiceName) AS Service,
     groupUniqArrayArray(if(StepStatus = 'failed', [ParentSpanId], [])) AS FailedParents,
     groupUniqArrayArray(

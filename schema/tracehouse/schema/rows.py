@@ -123,14 +123,18 @@ WRITTEN_SPAN_COLUMNS = RAW_SPAN_COLUMNS + MAPPED_SPAN_COLUMNS
 
 RUNS_TABLE = "runs"
 
-# The root span's facts, as one tuple: the runs table keeps the tuple of the
-# span with the highest `seen` (0: a step, not the root; 1: the root).
-ROOT_TUPLE = (
+# The root span's facts, as tuples: the runs table keeps the tuple of the
+# span with the highest `seen` (0: a step, not the root; 1: the root). What
+# lists filter, sort and count on is kept apart from the wide rest, so a
+# list of a million runs reads only the narrow part.
+ROOT_KEY_TUPLE = (
     "Tuple(seen UInt8, span_id String, name String, kind String, status String, "
-    "end DateTime64(9), error_type String, error_message String, trigger String, "
-    "version String, session_id String, input String, output String, model String, "
-    "input_tokens UInt64, output_tokens UInt64, total_tokens UInt64, link_trace String, "
-    "link_span String)"
+    "trigger String, version String, session_id String, link_span String)"
+)
+ROOT_DETAIL_TUPLE = (
+    "Tuple(seen UInt8, end DateTime64(9), error_type String, error_message String, "
+    "input String, output String, model String, input_tokens UInt64, output_tokens UInt64, "
+    "total_tokens UInt64, link_trace String)"
 )
 
 # One row per trace and insert block, folded by AggregatingMergeTree with
@@ -145,7 +149,8 @@ RUN_COLUMNS: tuple[Column, ...] = (
     # The earliest span seen: while the root is missing, its parent is the
     # root's id and its name stands in for the run's.
     Column("Topmost", "SimpleAggregateFunction(min, Tuple(DateTime64(9), String, String))"),
-    Column("Root", f"SimpleAggregateFunction(max, {ROOT_TUPLE})"),
+    Column("RootKey", f"SimpleAggregateFunction(max, {ROOT_KEY_TUPLE})"),
+    Column("RootDetail", f"SimpleAggregateFunction(max, {ROOT_DETAIL_TUPLE})"),
     Column("Service", "SimpleAggregateFunction(max, String)"),
     # Parents of failed steps, and of failed agent/workflow steps: a run whose
     # root never came, or whose wrapper root hides a failed agent, failed.
