@@ -18,7 +18,7 @@ from langchain_core.language_models import LanguageModelInput
 from langchain_core.language_models.fake_chat_models import GenericFakeChatModel
 from langchain_core.messages import AIMessage
 from langchain_core.runnables import Runnable
-from langchain_core.tools import BaseTool, tool
+from langchain_core.tools import tool
 from langgraph.prebuilt import create_react_agent
 from openinference.instrumentation.langchain import LangChainInstrumentor
 from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter as GrpcExporter
@@ -36,8 +36,8 @@ from pydantic_ai.models.instrumented import InstrumentationSettings
 from pydantic_ai.models.test import TestModel
 
 from conftest import RunningServer
-from tracehouse.query_api.assembly import Step, Tokens
-from tracehouse.query_api.runs import RunTree, trace_tree
+from tracehouse.query_api.assembly import RunHeader, Step, Tokens
+from tracehouse.query_api.runs import RunTree, run_step, trace_tree
 from tracehouse.query_api.store import Store
 
 # The shape users see: runs and their steps, LangChain's inner chains left out.
@@ -92,6 +92,13 @@ def read_back(tracing: Traced, db: Client) -> RunTree:
     return found
 
 
+def stored_output(db: Client, run: RunHeader) -> Any:
+    """A run's whole output as the step detail answers it (previews cut it at 512 characters)."""
+    found = run_step(Store(db), "default", run.run_id, run.run_id)
+    assert found is not None
+    return orjson.loads(found[1]["Output"])
+
+
 def render(step: Step, depth: int = 0) -> Iterator[str]:
     row = step.row
     shown = depth == 0 or row.kind in SHOWN or step.run is not None
@@ -113,9 +120,9 @@ def walk(step: Step) -> Iterator[Step]:
         yield from walk(child)
 
 
-def only(step: Step, kind: str) -> Step:
-    """The one step of a kind below `step`."""
-    (found,) = (s for s in walk(step) if s.row.kind == kind)
+def named(step: Step, name: str) -> Step:
+    """The one step of this name below `step`."""
+    (found,) = (s for s in walk(step) if s.row.name == name)
     return found
 
 
@@ -127,26 +134,26 @@ def llm_tokens(step: Step) -> Tokens:
 # pydantic-ai
 
 
-def pydantic_agent(model: Model, name: str, tracing: Traced, tools: Sequence[Any]) -> Agent[None, str]:
+def pydantic_agent(
+    model: Model, name: str, tracing: Traced, tools: Sequence[Any]
+) -> Agent[None, str]:
     settings = InstrumentationSettings(tracer_provider=tracing.provider)
     return Agent(model, name=name, tools=tools, capabilities=[Instrumentation(settings=settings)])
 
 
 def calls_tool(tool_name: str, args: dict[str, Any], model_name: str) -> FunctionModel:
-    """A model that calls a tool until the tool returns, then answers with what it returned."""
+    """A model that calls a tool until it succeeds, then answers with what it returned."""
 
     def respond(messages: list[ModelMessage], info: AgentInfo) -> ModelResponse:
         last = messages[-1].parts[-1]
-        if isinstance(last, ToolReturnPart):
+        if isinstance(last, ToolReturnPart) and last.outcome == "success":
             return ModelResponse(parts=[TextPart(f"answer: {last.content}")])
         return ModelResponse(parts=[ToolCallPart(tool_name, args)])
 
     return FunctionModel(respond, model_name=model_name)
 
 
-def test_pydantic_ai_tool_call_is_a_run_of_llm_tool_llm(
-    grpc_traced: Traced, db: Client
-) -> None:
+def test_pydantic_ai_tool_call_is_a_run_of_llm_tool_llm(grpc_traced: Traced, db: Client) -> None:
     cities: list[str] = []
 
     def get_weather(city: str) -> str:
@@ -163,7 +170,12 @@ def test_pydantic_ai_tool_call_is_a_run_of_llm_tool_llm(
         "  tool get_weather completed\n"
         "  llm chat test completed"
     )
-    assert (run.name, run.kind, run.status, run.error) == ("weather_agent", "agent", "completed", None)
+    assert (run.name, run.kind, run.status, run.error) == (
+        "weather_agent",
+        "agent",
+        "completed",
+        None,
+    )
     assert (run.parent_run_id, run.trigger, run.service) == (None, "unknown", "framework-tests")
     assert run.step_count == 3
     assert run.model == "test"
@@ -174,7 +186,7 @@ def test_pydantic_ai_tool_call_is_a_run_of_llm_tool_llm(
     assert run.tokens.total == usage.input_tokens + usage.output_tokens
     assert "What is the weather in Paris?" in run.input_preview
     assert run.output_preview == result.output
-    tool_step = only(root, "tool")
+    tool_step = named(root, "get_weather")
     assert orjson.loads(tool_step.row.input_preview) == {"city": cities[0]}
     assert tool_step.row.output_preview == f"sunny in {cities[0]}"
 
@@ -206,7 +218,10 @@ def test_pydantic_ai_tool_retried_by_the_model_fails_its_step_not_the_run(
     assert (run.status, run.error, run.step_count) == ("completed", None, 5)
     assert run.output_preview == "answer: sunny in Paris"
     retried, succeeded = (s for s in root.children if s.row.kind == "tool")
-    assert retried.row.error_type.endswith("ToolRetryError")
+    # The retry is an exception with an empty status message; its text is the tool's result.
+    assert retried.row.error_type == "pydantic_ai.exceptions.ToolRetryError"
+    assert retried.row.error_message == "weather service busy, try again"
+    assert retried.row.output_preview == "weather service busy, try again"
     assert orjson.loads(succeeded.row.input_preview) == {"city": "Paris"}
     assert succeeded.row.output_preview == "sunny in Paris"
 
@@ -232,8 +247,9 @@ def test_pydantic_ai_tool_error_fails_the_run(grpc_traced: Traced, db: Client) -
         "ValueError",
         "ValueError: weather service crashed for Paris",
     )
-    tool_step = only(root, "tool")
+    tool_step = named(root, "get_weather")
     assert tool_step.row.error_type == "ValueError"
+    assert tool_step.row.error_message == "weather service crashed for Paris"
     assert orjson.loads(tool_step.row.input_preview) == {"city": "Paris"}
     # A failed tool's result is its error.
     assert tool_step.row.output_preview == "weather service crashed for Paris"
@@ -272,10 +288,15 @@ def test_pydantic_ai_sub_agent_is_a_sub_run_under_its_tool(grpc_traced: Traced, 
     assert (run.name, run.status, run.step_count) == ("orchestrator_agent", "completed", 7)
     assert run.model == "fake-orchestrator-model"
     assert run.tokens == llm_tokens(root)
-    sub_step = only(root, "tool").children[0]
+    sub_step = named(root, "delegate_research").children[0]
     sub = sub_step.run
     assert sub is not None
-    assert (sub.name, sub.kind, sub.status, sub.error) == ("research_agent", "agent", "completed", None)
+    assert (sub.name, sub.kind, sub.status, sub.error) == (
+        "research_agent",
+        "agent",
+        "completed",
+        None,
+    )
     assert (sub.parent_run_id, sub.trigger) == (run.run_id, "subagent")
     assert sub.run_id == sub_step.step_id != run.run_id
     assert sub.step_count == 3
@@ -314,7 +335,7 @@ class FakeToolChatModel(GenericFakeChatModel):
     """The fake chat model, accepting tools: the scripted messages carry the calls."""
 
     def bind_tools(self, tools: Any, **kwargs: Any) -> Runnable[LanguageModelInput, AIMessage]:
-        return self  # type: ignore[return-value]
+        return self
 
 
 def scripted(*messages: AIMessage) -> FakeToolChatModel:
@@ -332,10 +353,6 @@ def answer(text: str, tokens: int) -> AIMessage:
     return AIMessage(content=text, usage_metadata=usage)
 
 
-def react_agent(name: str, model: FakeToolChatModel, tools: Sequence[BaseTool]) -> Any:
-    return create_react_agent(model, tools, name=name)
-
-
 @tool
 def get_weather(city: str) -> str:
     """The weather in a city."""
@@ -348,14 +365,10 @@ def get_weather_broken(city: str) -> str:
     raise ValueError(f"weather service crashed for {city}")
 
 
-LANGGRAPH_OK = """
-agent weather_agent completed
-  node agent completed
-    llm FakeToolChatModel completed
-  node tools completed
-    tool get_weather completed
-  node agent completed
-    llm FakeToolChatModel completed"""
+@tool
+def search_web(query: str) -> str:
+    """Search the web."""
+    return f"{query}: 330 m tall"
 
 
 @REACT_AGENT_MOVED
@@ -363,21 +376,35 @@ def test_langgraph_react_agent_is_one_run_with_graph_nodes(
     langchain_traced: Traced, db: Client
 ) -> None:
     model = scripted(call("get_weather", {"city": "Paris"}, 10), answer("Sunny in Paris.", 20))
-    agent = react_agent("weather_agent", model, [get_weather])
+    agent = create_react_agent(model, [get_weather], name="weather_agent")
     state = agent.invoke({"messages": [("user", "Weather in Paris?")]})
     assert state["messages"][-1].content == "Sunny in Paris."
 
     run, root = read_back(langchain_traced, db)
-    assert shape(root) == LANGGRAPH_OK.strip()
-    assert (run.name, run.kind, run.status, run.error) == ("weather_agent", "agent", "completed", None)
+    assert shape(root) == (
+        "agent weather_agent completed\n"
+        "  node agent completed\n"
+        "    llm FakeToolChatModel completed\n"
+        "  node tools completed\n"
+        "    tool get_weather completed\n"
+        "  node agent completed\n"
+        "    llm FakeToolChatModel completed"
+    )
+    assert (run.name, run.kind, run.status, run.error) == (
+        "weather_agent",
+        "agent",
+        "completed",
+        None,
+    )
     # 14 spans below the root: LangChain's chains count, they are steps too.
     assert run.step_count == 14
     nodes = [s for s in root.children if s.row.name == "agent"]
     assert [(s.row.kind, s.run) for s in nodes] == [("node", None), ("node", None)]
     assert run.tokens == llm_tokens(root) == Tokens(30, 12, 42)
     assert "Weather in Paris?" in run.input_preview
-    assert "Sunny in Paris." in run.output_preview
-    tool_step = only(root, "tool")
+    # The output is the graph's final state: its last message is the answer.
+    assert stored_output(db, run)["messages"][-1]["data"]["content"] == "Sunny in Paris."
+    tool_step = named(root, "get_weather")
     assert tool_step.row.input_preview == "Paris"
     assert orjson.loads(tool_step.row.output_preview)["data"]["content"] == "sunny in Paris"
 
@@ -385,7 +412,7 @@ def test_langgraph_react_agent_is_one_run_with_graph_nodes(
 @REACT_AGENT_MOVED
 def test_langgraph_tool_error_fails_the_run(langchain_traced: Traced, db: Client) -> None:
     model = scripted(call("get_weather_broken", {"city": "Paris"}, 10))
-    agent = react_agent("weather_agent", model, [get_weather_broken])
+    agent = create_react_agent(model, [get_weather_broken], name="weather_agent")
     with pytest.raises(ValueError, match="weather service crashed"):
         agent.invoke({"messages": [("user", "Weather in Paris?")]})
 
@@ -399,21 +426,28 @@ def test_langgraph_tool_error_fails_the_run(langchain_traced: Traced, db: Client
     )
     assert (run.status, run.step_count) == ("failed", 8)
     assert run.error is not None
-    assert (run.error.type, run.error.message) == ("ValueError", "weather service crashed for Paris")
-    tool_step = only(root, "tool")
-    assert tool_step.row.error_type == "ValueError"
+    assert (run.error.type, run.error.message) == (
+        "ValueError",
+        "weather service crashed for Paris",
+    )
+    tool_step = named(root, "get_weather_broken")
+    # LangChain's status message is repr(exc) and the traceback: the exception event is read.
+    assert (tool_step.row.error_type, tool_step.row.error_message) == (
+        "ValueError",
+        "weather service crashed for Paris",
+    )
     assert tool_step.row.input_preview == "Paris"
+    assert tool_step.row.output_preview == "weather service crashed for Paris"
 
 
 @REACT_AGENT_MOVED
 def test_langgraph_agent_called_from_a_tool_is_a_sub_run(
     langchain_traced: Traced, db: Client
 ) -> None:
-    research = react_agent(
-        "research_agent",
-        scripted(call("search_web", {"query": "Eiffel tower"}, 30), answer("330 m.", 40)),
-        [search_web],
+    research_model = scripted(
+        call("search_web", {"query": "Eiffel tower"}, 30), answer("330 m.", 40)
     )
+    research = create_react_agent(research_model, [search_web], name="research_agent")
 
     @tool
     def delegate_research(topic: str) -> str:
@@ -421,11 +455,8 @@ def test_langgraph_agent_called_from_a_tool_is_a_sub_run(
         state = research.invoke({"messages": [("user", f"Research {topic}")]})
         return str(state["messages"][-1].content)
 
-    orchestrator = react_agent(
-        "orchestrator_agent",
-        scripted(call("delegate_research", {"topic": "Eiffel tower"}, 10), answer("330 m!", 20)),
-        [delegate_research],
-    )
+    model = scripted(call("delegate_research", {"topic": "Eiffel tower"}, 10), answer("330 m!", 20))
+    orchestrator = create_react_agent(model, [delegate_research], name="orchestrator_agent")
     state = orchestrator.invoke({"messages": [("user", "How tall is the Eiffel tower?")]})
     assert state["messages"][-1].content == "330 m!"
 
@@ -448,18 +479,17 @@ def test_langgraph_agent_called_from_a_tool_is_a_sub_run(
     )
     assert (run.name, run.status, run.step_count) == ("orchestrator_agent", "completed", 29)
     assert run.tokens == Tokens(100, 24, 124)
-    sub_step = only(root, "tool").children[0]
+    sub_step = named(root, "delegate_research").children[0]
     sub = sub_step.run
     assert sub is not None
-    assert (sub.name, sub.kind, sub.status, sub.error) == ("research_agent", "agent", "completed", None)
+    assert (sub.name, sub.kind, sub.status, sub.error) == (
+        "research_agent",
+        "agent",
+        "completed",
+        None,
+    )
     assert (sub.parent_run_id, sub.trigger) == (run.run_id, "subagent")
     assert sub.step_count == 14
     assert sub.tokens == llm_tokens(sub_step) == Tokens(70, 12, 82)
     assert "Research Eiffel tower" in sub.input_preview
-    assert "330 m." in sub.output_preview
-
-
-@tool
-def search_web(query: str) -> str:
-    """Search the web."""
-    return f"{query}: 330 m tall"
+    assert stored_output(db, sub)["messages"][-1]["data"]["content"] == "330 m."
