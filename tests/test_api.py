@@ -296,3 +296,16 @@ def test_openapi_documents_every_route(api: Api) -> None:
                  "/api/v1/runs/{run_id}/steps/{step_id}", "/api/v1/stats"):  # fmt: skip
         assert "get" in schema["paths"][path]
     assert "RunHeader" in schema["components"]["schemas"]
+
+
+def test_a_tree_read_again_shows_the_steps_that_arrived_since(api: Api) -> None:
+    trace, root = new_id(16), new_id(8)
+    api.send(span("invoke_agent grower", trace, root, start=2000, end=2100,
+                  attributes=agent("grower")))  # fmt: skip
+    first = api.get(f"/runs/{root.hex()}/tree")
+    assert first["root"]["children"] == []
+    assert api.get(f"/runs/{root.hex()}/tree") == first
+    api.send(span("chat", trace, new_id(8), root, start=2010, end=2020, attributes=chat((3, 4))))
+    again = api.get(f"/runs/{root.hex()}/tree")
+    assert [c["kind"] for c in again["root"]["children"]] == ["llm"]
+    assert again["run"]["tokens"]["total"] == 7

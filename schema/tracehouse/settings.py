@@ -47,6 +47,9 @@ class Settings(BaseSettings):
     queue_max_spans: int = Field(
         200_000, gt=0, description="Spans waiting to be written before exports are refused."
     )
+    tree_cache_steps: int = Field(
+        500_000, ge=0, description="Steps of assembled run trees the query API keeps in memory."
+    )
     log_level: str = Field("info", pattern="^(debug|info|warning|error)$")
 
     @model_validator(mode="after")

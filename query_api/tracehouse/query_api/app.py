@@ -17,6 +17,7 @@ from starlette.exceptions import HTTPException
 
 from tracehouse.query_api.params import BadParameter
 from tracehouse.query_api.routes import NotFound, router
+from tracehouse.query_api.runs import TreeCache
 from tracehouse.query_api.store import Store
 from tracehouse.schema.clickhouse import StorageError
 from tracehouse.settings import Settings
@@ -74,6 +75,7 @@ def create_app(settings: Settings, store: Store) -> FastAPI:
         return error_response(503, "not_ready", "schema migrations are not all applied")
 
     app.state.store = store
+    app.state.trees = TreeCache(settings.tree_cache_steps)
     app.include_router(router)
     return app
 

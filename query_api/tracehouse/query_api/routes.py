@@ -18,7 +18,7 @@ from starlette.concurrency import run_in_threadpool
 
 from tracehouse.query_api import models, params, views
 from tracehouse.query_api.assembly import find
-from tracehouse.query_api.runs import run_page, run_step, run_tree
+from tracehouse.query_api.runs import TreeCache, run_page, run_step, run_tree
 from tracehouse.query_api.sql import RunFilter
 from tracehouse.query_api.store import Store
 
@@ -51,7 +51,12 @@ def project(request: Request) -> str:
     return "default"
 
 
+def trees(request: Request) -> TreeCache:
+    return request.app.state.trees  # type: ignore[no-any-return]
+
+
 StoreDep = Annotated[Store, Depends(store)]
+TreesDep = Annotated[TreeCache, Depends(trees)]
 ProjectDep = Annotated[str, Depends(project)]
 
 
@@ -85,12 +90,15 @@ FilterDep = Annotated[RunFilter, Depends(run_filter)]
 @router.get("/runs", response_model=models.RunList, summary="Runs, newest first, with counts")
 async def list_runs(
     store: StoreDep,
+    trees: TreesDep,
     project: ProjectDep,
     f: FilterDep,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
     cursor: Text = None,
 ) -> Response:
-    page = await run_in_threadpool(run_page, store, project, f, params.decode_cursor(cursor), limit)
+    page = await run_in_threadpool(
+        run_page, store, project, f, params.decode_cursor(cursor), limit, trees
+    )
     next_cursor = params.encode_cursor(*page.next_cursor) if page.next_cursor else None
     return json({
         "runs": [views.run_view(run) for run in page.runs],
@@ -100,8 +108,8 @@ async def list_runs(
 
 
 @router.get("/runs/{run_id}", response_model=models.RunHeader, summary="A run's header")
-async def get_run(store: StoreDep, project: ProjectDep, run_id: str) -> Response:
-    tree = await run_in_threadpool(run_tree, store, project, params.run_id(run_id))
+async def get_run(store: StoreDep, trees: TreesDep, project: ProjectDep, run_id: str) -> Response:
+    tree = await run_in_threadpool(run_tree, store, project, params.run_id(run_id), trees)
     if tree is None:
         raise NotFound(f"no run {run_id}")
     return json(views.run_view(tree.run))
@@ -110,6 +118,7 @@ async def get_run(store: StoreDep, project: ProjectDep, run_id: str) -> Response
 @router.get("/runs/{run_id}/tree", response_model=models.RunTree, summary="A run's step tree")
 async def get_tree(
     store: StoreDep,
+    trees: TreesDep,
     project: ProjectDep,
     run_id: str,
     depth: Annotated[int | None, Query(ge=0, le=views.MAX_TREE_DEPTH)] = None,
@@ -118,7 +127,7 @@ async def get_tree(
     """The nested steps of a run, sub-runs inline. `depth=N` keeps N levels below the
     tree's root (default: all, up to 100 levels); a cut step has `children: null` and its
     `child_count`. `from=<step_id>` roots the answer at that step."""
-    tree = await run_in_threadpool(run_tree, store, project, params.run_id(run_id))
+    tree = await run_in_threadpool(run_tree, store, project, params.run_id(run_id), trees)
     if tree is None:
         raise NotFound(f"no run {run_id}")
     root = tree.root
@@ -133,9 +142,11 @@ async def get_tree(
 @router.get(
     "/runs/{run_id}/steps/{step_id}", response_model=models.StepDetail, summary="One step in full"
 )
-async def get_step(store: StoreDep, project: ProjectDep, run_id: str, step_id: str) -> Response:
+async def get_step(
+    store: StoreDep, trees: TreesDep, project: ProjectDep, run_id: str, step_id: str
+) -> Response:
     found = await run_in_threadpool(
-        run_step, store, project, params.run_id(run_id), params.step_id(step_id)
+        run_step, store, project, params.run_id(run_id), params.step_id(step_id), trees
     )
     if found is None:
         raise NotFound(f"no step {step_id} in run {run_id}")

@@ -6,6 +6,8 @@ question the API is asked, in the project of the caller.
 
 from __future__ import annotations
 
+import threading
+from collections import OrderedDict
 from dataclasses import replace
 from typing import Any, NamedTuple
 
@@ -26,8 +28,49 @@ class RunTree(NamedTuple):
     root: Step
 
 
+class TreeCache:
+    """Assembled trees, kept while their run's header is unchanged.
+
+    A big run is read in many requests (its first level, then a branch at a
+    time); assembling it once saves the rest from reading every span again.
+    Any span arriving changes the header (its step count at least), so a
+    header that compares equal means the tree is current. Bounded by steps.
+    """
+
+    def __init__(self, max_steps: int) -> None:
+        self._max_steps = max_steps
+        self._steps = 0
+        self._trees: OrderedDict[tuple[str, str], RunTree] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, project: str, top: RunHeader) -> RunTree | None:
+        with self._lock:
+            cached = self._trees.get((project, top.trace_id))
+            if cached is None or cached.run != top:
+                return None
+            self._trees.move_to_end((project, top.trace_id))
+            return cached
+
+    def put(self, project: str, tree: RunTree) -> None:
+        size = tree.root.descendants + 1
+        if size > self._max_steps:
+            return
+        with self._lock:
+            old = self._trees.pop((project, tree.run.trace_id), None)
+            self._steps += size - (old.root.descendants + 1 if old else 0)
+            self._trees[(project, tree.run.trace_id)] = tree
+            while self._steps > self._max_steps:
+                _, evicted = self._trees.popitem(last=False)
+                self._steps -= evicted.root.descendants + 1
+
+
 def trace_tree(
-    store: Store, project: str, trace_id: str, *, resolve_parent: bool = True
+    store: Store,
+    project: str,
+    trace_id: str,
+    *,
+    cache: TreeCache | None = None,
+    resolve_parent: bool = True,
 ) -> RunTree | None:
     """The whole tree of a trace under its top-level run."""
     top = store.top_runs(project, [trace_id]).get(trace_id)
@@ -35,21 +78,27 @@ def trace_tree(
         return None
     if resolve_parent:
         top = with_parent(store, project, top)
+    if cache and (cached := cache.get(project, top)):
+        return cached
     rows = store.trace_rows(project, trace_id)
     root_row = next((r for r in rows if r.span_id == top.run_id), None)
     if root_row is None:
         root_row = stand_in_root(top.run_id, top.name, top.status, rows)
     tree = build_tree(rows, root_row)
     attach_runs(tree, top)
+    if cache:
+        cache.put(project, RunTree(top, tree))
     return RunTree(top, tree)
 
 
-def run_tree(store: Store, project: str, run_id: str) -> RunTree | None:
+def run_tree(
+    store: Store, project: str, run_id: str, cache: TreeCache | None = None
+) -> RunTree | None:
     """The tree of a run: a top-level run (by run or trace id) or any sub-run."""
     trace_id = store.find_trace(project, run_id)
     if trace_id is None:
         return None
-    whole = trace_tree(store, project, trace_id)
+    whole = trace_tree(store, project, trace_id, cache=cache)
     if whole is None or run_id in (trace_id, whole.run.run_id):
         return whole
     found = find(whole.root, run_id)
@@ -86,7 +135,12 @@ class RunPage(NamedTuple):
 
 
 def run_page(
-    store: Store, project: str, f: RunFilter, cursor: tuple[int, str] | None, limit: int
+    store: Store,
+    project: str,
+    f: RunFilter,
+    cursor: tuple[int, str] | None,
+    limit: int,
+    cache: TreeCache | None = None,
 ) -> RunPage:
     """One page of the run list, newest first, with the status counts of the whole list."""
     keys = store.list_runs(project, f, cursor, limit)
@@ -99,7 +153,7 @@ def run_page(
             runs.append(with_parent(store, project, top[trace]))
             continue
         if trace not in trees:
-            trees[trace] = trace_tree(store, project, trace)
+            trees[trace] = trace_tree(store, project, trace, cache=cache)
         whole = trees[trace]
         found = find(whole.root, run_id) if whole else None
         if found and found[0].run:
@@ -110,10 +164,10 @@ def run_page(
 
 
 def run_step(
-    store: Store, project: str, run_id: str, step_id: str
+    store: Store, project: str, run_id: str, step_id: str, cache: TreeCache | None = None
 ) -> tuple[Step, dict[str, Any]] | None:
     """A step of a run (its own, or of a sub-run below it) and everything stored of it."""
-    tree = run_tree(store, project, run_id)
+    tree = run_tree(store, project, run_id, cache)
     found = find(tree.root, step_id) if tree else None
     if tree is None or found is None:
         return None
