@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 from clickhouse_connect.driver.client import Client
 
+from tracehouse.query_api.assembly import Step
 from tracehouse.schema.clickhouse import open_client
 from tracehouse.schema.rows import decode_attributes
 from tracehouse.serve import Ports, Roles, serve
@@ -156,3 +157,23 @@ def read_spans(client: Client) -> dict[str, dict[str, Any]]:
         ]
         spans[row["SpanId"]] = row
     return spans
+
+
+# The shape users see: runs and their steps, LangChain's inner chains left out.
+SHOWN = ("agent", "workflow", "llm", "tool", "node", "retriever", "embedding")
+
+
+def render(step: Step, depth: int = 0) -> Iterator[str]:
+    """A tree as indented `kind name status` lines, sub-runs marked."""
+    row = step.row
+    shown = depth == 0 or row.kind in SHOWN or step.run is not None
+    if shown:
+        kind = step.run.kind if step.run else row.kind
+        sub_run = " (sub-run)" if depth and step.run else ""
+        yield f"{'  ' * depth}{kind} {row.name} {row.status}{sub_run}"
+    for child in step.children:
+        yield from render(child, depth + 1 if shown else depth)
+
+
+def shape(step: Step) -> str:
+    return "\n".join(render(step))

@@ -17,14 +17,11 @@ import orjson
 import pytest
 from clickhouse_connect.driver.client import Client
 
-from conftest import FIXTURES, RunningServer, server_settings
+from conftest import FIXTURES, RunningServer, render, server_settings, shape
 from tracehouse.query_api.assembly import RunHeader, Step
 from tracehouse.query_api.runs import trace_tree
 from tracehouse.query_api.store import Store
 from tracehouse.schema.clickhouse import open_client
-
-# The shape users see: runs and their steps, LangChain's inner chains left out.
-SHOWN = ("agent", "workflow", "llm", "tool", "node", "retriever", "embedding")
 
 EXPECTED: dict[str, str] = {
     "pydantic_ai/ok": """
@@ -196,17 +193,6 @@ HEADERS: dict[str, tuple[int, int, int, int, str, str, str]] = {
 _databases = itertools.count()
 
 
-def render(step: Step, depth: int = 0) -> Iterator[str]:
-    row = step.row
-    shown = depth == 0 or row.kind in SHOWN or step.run is not None
-    if shown:
-        kind = step.run.kind if step.run else row.kind
-        sub_run = " (sub-run)" if depth and step.run else ""
-        yield f"{'  ' * depth}{kind} {row.name} {row.status}{sub_run}"
-    for child in step.children:
-        yield from render(child, depth + 1 if shown else depth)
-
-
 def trace_id_of(fixture: str) -> str:
     document = orjson.loads((FIXTURES / f"{fixture}.json").read_bytes())
     return str(document["resourceSpans"][0]["scopeSpans"][0]["spans"][0]["traceId"])
@@ -254,7 +240,7 @@ def tree_of(ingested: Ingested, fixture: str) -> tuple[RunHeader, Step]:
 @pytest.mark.parametrize("fixture", EXPECTED)
 def test_fixture_becomes_the_expected_runs_and_steps(protobuf: Ingested, fixture: str) -> None:
     run, root = tree_of(protobuf, fixture)
-    assert "\n".join(render(root)) == EXPECTED[fixture].strip()
+    assert shape(root) == EXPECTED[fixture].strip()
     assert run.status == root.row.status
     assert run.trigger == "unknown"
     assert run.parent_run_id is None

@@ -35,13 +35,10 @@ from pydantic_ai.models.function import AgentInfo, FunctionModel
 from pydantic_ai.models.instrumented import InstrumentationSettings
 from pydantic_ai.models.test import TestModel
 
-from conftest import RunningServer
+from conftest import RunningServer, shape
 from tracehouse.query_api.assembly import RunHeader, Step, Tokens
 from tracehouse.query_api.runs import RunTree, run_step, trace_tree
 from tracehouse.query_api.store import Store
-
-# The shape users see: runs and their steps, LangChain's inner chains left out.
-SHOWN = ("agent", "workflow", "llm", "tool", "node")
 
 # create_react_agent works in LangGraph 1.x but points to `langchain.agents`,
 # which is not installed here.
@@ -97,21 +94,6 @@ def stored_output(db: Client, run: RunHeader) -> Any:
     found = run_step(Store(db), "default", run.run_id, run.run_id)
     assert found is not None
     return orjson.loads(found[1]["Output"])
-
-
-def render(step: Step, depth: int = 0) -> Iterator[str]:
-    row = step.row
-    shown = depth == 0 or row.kind in SHOWN or step.run is not None
-    if shown:
-        kind = step.run.kind if step.run else row.kind
-        sub_run = " (sub-run)" if depth and step.run else ""
-        yield f"{'  ' * depth}{kind} {row.name} {row.status}{sub_run}"
-    for child in step.children:
-        yield from render(child, depth + 1 if shown else depth)
-
-
-def shape(step: Step) -> str:
-    return "\n".join(render(step))
 
 
 def walk(step: Step) -> Iterator[Step]:
