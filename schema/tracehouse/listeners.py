@@ -23,7 +23,9 @@ class HttpListener:
         )
         self._server = uvicorn.Server(self._config)
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        self._socket = socket.socket(family, socket.SOCK_STREAM)
+        # IPPROTO_TCP named explicitly: asyncio sets TCP_NODELAY only then,
+        # and without it every keep-alive answer waits ~40 ms on Nagle.
+        self._socket = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
         self._socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self._address = (host, port)
         self._task: asyncio.Task[None] | None = None

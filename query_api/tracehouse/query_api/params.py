@@ -10,18 +10,19 @@ from __future__ import annotations
 import base64
 import binascii
 import re
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import orjson
 
 from tracehouse.schema.rows import Status
 
-RUN_ID = re.compile(r"^(?:[0-9a-f]{16}|[0-9a-f]{32})$")
-STEP_ID = re.compile(r"^[0-9a-f]{16}$")
-_BUCKET = re.compile(r"^(\d+)([smhd]?)$")
+RUN_ID = re.compile(r"(?:[0-9a-f]{16}|[0-9a-f]{32})")
+STEP_ID = re.compile(r"[0-9a-f]{16}")
+_BUCKET = re.compile(r"([0-9]+)([smhd]?)")
 _UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
 STATUSES = tuple(s.value for s in Status)
 _INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 class BadParameter(ValueError):
@@ -34,14 +35,14 @@ class BadParameter(ValueError):
 
 def run_id(value: str) -> str:
     lowered = value.lower()
-    if not RUN_ID.match(lowered):
+    if not RUN_ID.fullmatch(lowered):
         raise BadParameter("run_id", "must be 16 hex characters (or 32 for a trace id)")
     return lowered
 
 
 def step_id(value: str) -> str:
     lowered = value.lower()
-    if not STEP_ID.match(lowered):
+    if not STEP_ID.fullmatch(lowered):
         raise BadParameter("step_id", "must be 16 hex characters")
     return lowered
 
@@ -59,13 +60,14 @@ def timestamp_ns(field: str, value: str | None) -> int | None:
         return None
     text = value.strip()
     try:
-        if re.fullmatch(r"-?\d{1,19}", text):
+        if re.fullmatch(r"-?[0-9]{1,19}", text):
             ns = int(text) * 1_000_000
         else:
             moment = datetime.fromisoformat(text)
             if moment.tzinfo is None:
                 moment = moment.replace(tzinfo=UTC)
-            ns = int(moment.timestamp()) * 1_000_000_000 + moment.microsecond * 1000
+            # Exact integer arithmetic: float timestamps round before 1970.
+            ns = (moment - _EPOCH) // timedelta(microseconds=1) * 1000
     except (ValueError, OverflowError):
         raise BadParameter(field, "must be RFC 3339 or unix milliseconds") from None
     if not _INT64_MIN <= ns <= _INT64_MAX:
@@ -74,7 +76,7 @@ def timestamp_ns(field: str, value: str | None) -> int | None:
 
 
 def bucket_seconds(value: str) -> int:
-    match = _BUCKET.match(value.strip().lower())
+    match = _BUCKET.fullmatch(value.strip().lower())
     if not match or int(match[1]) == 0:
         raise BadParameter("bucket", "must be a positive duration like 300, 5m, 1h or 1d")
     seconds = int(match[1]) * _UNITS[match[2]]
@@ -94,7 +96,8 @@ def decode_cursor(value: str | None) -> tuple[int, str] | None:
         started, run = orjson.loads(base64.urlsafe_b64decode(value + "=" * (-len(value) % 4)))
     except (binascii.Error, orjson.JSONDecodeError, ValueError, TypeError):
         raise BadParameter("cursor", "is not a cursor this API gave out") from None
-    valid = isinstance(started, int) and _INT64_MIN <= started <= _INT64_MAX
-    if not valid or not isinstance(run, str) or not RUN_ID.match(run):
+    # `type is int`: JSON true would pass isinstance(..., int) as 1.
+    valid = type(started) is int and _INT64_MIN <= started <= _INT64_MAX
+    if not valid or not isinstance(run, str) or not RUN_ID.fullmatch(run):
         raise BadParameter("cursor", "is not a cursor this API gave out")
     return started, run

@@ -167,6 +167,8 @@ async def get_stats(
     now = time.time_ns()
     since = f.since_ns if f.since_ns is not None else now - 86_400 * 1_000_000_000
     until = f.until_ns if f.until_ns is not None else now
+    if since > until:
+        raise params.BadParameter("since", "must not be after until")
     if (until - since) // (seconds * 1_000_000_000) > 10_000:
         raise params.BadParameter("bucket", "gives more than 10,000 buckets for this range")
     scoped = replace(f, since_ns=since, until_ns=until, include_subruns=False)
