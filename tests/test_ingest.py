@@ -342,3 +342,27 @@ def test_health_endpoints_answer(server: RunningServer) -> None:
     assert httpx.get(f"{server.http_base}/healthz").json() == {"status": "ok"}
     assert httpx.get(f"{server.api_base}/healthz").json() == {"status": "ok"}
     assert httpx.get(f"{server.api_base}/readyz").json() == {"status": "ready"}
+
+
+def test_a_failed_write_is_a_retryable_answer_and_ingest_recovers(
+    server: RunningServer, db: Client
+) -> None:
+    from tracehouse.schema.ddl import SINGLE_NODE
+    from tracehouse.schema.migrations import migrate
+
+    # A write ClickHouse refuses (here: the table is gone) is not acknowledged.
+    db.command("DROP TABLE runs_mv")
+    db.command("RENAME TABLE spans TO spans_away")
+    response = post_json(server, SPEC_EXAMPLE)
+    assert response.status_code == 503
+    assert response.headers["Retry-After"] == "1"
+    assert "insert" in response.json()["message"]
+    exporter = GrpcExporter(endpoint=server.grpc_endpoint, insecure=True, timeout=2)
+    assert exporter.export(record_spans()) is SpanExportResult.FAILURE
+    exporter.shutdown()
+
+    db.command("RENAME TABLE spans_away TO spans")
+    db.command("DELETE FROM tracehouse_migrations WHERE version = 2")
+    migrate(db, SINGLE_NODE, 0)
+    assert post_json(server, SPEC_EXAMPLE).status_code == 200
+    assert "eee19b7ec3c1b174" in read_spans(db)
