@@ -108,6 +108,21 @@ def named(step: Step, name: str) -> Step:
     return found
 
 
+def research_sub_run(root: Step, run: RunHeader) -> tuple[Step, RunHeader]:
+    """The `research_agent` sub-run under the `delegate_research` tool, checked as one."""
+    sub_step = named(root, "delegate_research").children[0]
+    sub = sub_step.run
+    assert sub is not None
+    assert (sub.name, sub.kind, sub.status, sub.error) == (
+        "research_agent",
+        "agent",
+        "completed",
+        None,
+    )
+    assert (sub.parent_run_id, sub.trigger) == (run.run_id, "subagent")
+    return sub_step, sub
+
+
 def llm_tokens(step: Step) -> Tokens:
     """What the LLM steps below `step` report, summed."""
     return sum((s.row.tokens for s in walk(step) if s.row.kind == "llm"), Tokens())
@@ -270,16 +285,7 @@ def test_pydantic_ai_sub_agent_is_a_sub_run_under_its_tool(grpc_traced: Traced, 
     assert (run.name, run.status, run.step_count) == ("orchestrator_agent", "completed", 7)
     assert run.model == "fake-orchestrator-model"
     assert run.tokens == llm_tokens(root)
-    sub_step = named(root, "delegate_research").children[0]
-    sub = sub_step.run
-    assert sub is not None
-    assert (sub.name, sub.kind, sub.status, sub.error) == (
-        "research_agent",
-        "agent",
-        "completed",
-        None,
-    )
-    assert (sub.parent_run_id, sub.trigger) == (run.run_id, "subagent")
+    sub_step, sub = research_sub_run(root, run)
     assert sub.run_id == sub_step.step_id != run.run_id
     assert sub.step_count == 3
     assert sub.model == "fake-research-model"
@@ -461,16 +467,7 @@ def test_langgraph_agent_called_from_a_tool_is_a_sub_run(
     )
     assert (run.name, run.status, run.step_count) == ("orchestrator_agent", "completed", 29)
     assert run.tokens == Tokens(100, 24, 124)
-    sub_step = named(root, "delegate_research").children[0]
-    sub = sub_step.run
-    assert sub is not None
-    assert (sub.name, sub.kind, sub.status, sub.error) == (
-        "research_agent",
-        "agent",
-        "completed",
-        None,
-    )
-    assert (sub.parent_run_id, sub.trigger) == (run.run_id, "subagent")
+    sub_step, sub = research_sub_run(root, run)
     assert sub.step_count == 14
     assert sub.tokens == llm_tokens(sub_step) == Tokens(70, 12, 82)
     assert "Research Eiffel tower" in sub.input_preview

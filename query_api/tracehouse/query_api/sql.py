@@ -91,6 +91,10 @@ FROM spans FINAL
 WHERE ProjectId = {{project:String}} AND TraceId = {{trace:String}}
 """
 
+TRACE_EXISTS_SQL = """
+SELECT 1 FROM runs WHERE ProjectId = {project:String} AND TraceId = {trace:String} LIMIT 1
+"""
+
 FIND_TRACE_SQL = """
 SELECT TraceId FROM spans
 WHERE ProjectId = {project:String} AND (SpanId = {id:String} OR ParentSpanId = {id:String})

@@ -40,7 +40,8 @@ class Store:
     def find_trace(self, project: str, run_id: str) -> str | None:
         """The trace holding a run (by its run id, or by trace id for a top-level run)."""
         if len(run_id) == 32:
-            return run_id if self.top_runs(project, [run_id]) else None
+            rows = self._rows(sql.TRACE_EXISTS_SQL, {"project": project, "trace": run_id})
+            return run_id if rows else None
         rows = self._rows(sql.FIND_TRACE_SQL, {"project": project, "id": run_id})
         return str(rows[0][0]) if rows else None
 
