@@ -106,10 +106,6 @@ class Step:
     def step_id(self) -> str:
         return self.row.span_id
 
-    @property
-    def is_running(self) -> bool:
-        return self.row.status == Status.RUNNING
-
 
 def ended_ns(row: SpanRow) -> int | None:
     return None if row.status == Status.RUNNING else row.start_ns + row.duration_ns
