@@ -22,6 +22,7 @@ from tracehouse.collector.mapping_content import (
     RESULT_READERS,
     bounded,
     first,
+    first_attribute,
 )
 from tracehouse.schema.rows import RUN_KINDS, Status, StepKind
 
@@ -159,13 +160,6 @@ def step_kind(span: SpanFacts) -> StepKind:
     return K.SPAN
 
 
-def _first_attribute(attributes: Attributes, keys: Sequence[str]) -> str:
-    for key in keys:
-        if value := attributes.get(key):
-            return value
-    return ""
-
-
 _RUN_NAME_KEYS = (
     "tracehouse.run.name", "gen_ai.workflow.name", "gen_ai.agent.name", "agent.name",
     "traceloop.entity.name", "traceloop.workflow.name", "ai.telemetry.functionId",
@@ -177,9 +171,9 @@ _TOOL_PREFIX = re.compile(r"^execute_tool ")
 
 def step_name(span: SpanFacts, kind: StepKind) -> str:
     if kind == K.TOOL:
-        return _first_attribute(span.attributes, _TOOL_NAME_KEYS) or _TOOL_PREFIX.sub("", span.name)
+        return first_attribute(span.attributes, _TOOL_NAME_KEYS) or _TOOL_PREFIX.sub("", span.name)
     if kind in RUN_KINDS or not span.parent_span_id:
-        return _first_attribute(span.attributes, _RUN_NAME_KEYS) or _RUN_PREFIX.sub("", span.name)
+        return first_attribute(span.attributes, _RUN_NAME_KEYS) or _RUN_PREFIX.sub("", span.name)
     return span.attributes.get("traceloop.entity.name") or span.name
 
 
@@ -272,7 +266,7 @@ def map_span(span: SpanFacts, price: Pricer, max_value_bytes: int) -> Step:
     input_tokens, output_tokens, total_tokens = tokens(attributes)
     cost = None
     if step_model and (input_tokens or output_tokens) and kind in (K.LLM, K.EMBEDDING):
-        provider = _first_attribute(attributes, _PROVIDER_KEYS)
+        provider = first_attribute(attributes, _PROVIDER_KEYS)
         cost = price(step_model, provider, input_tokens, output_tokens)
     return Step(
         kind=kind,
@@ -289,10 +283,10 @@ def map_span(span: SpanFacts, price: Pricer, max_value_bytes: int) -> Step:
         output=output_text,
         input_bytes=input_bytes,
         output_bytes=output_bytes,
-        trigger=_first_attribute(attributes, ("tracehouse.run.trigger", "faas.trigger")),
-        version=_first_attribute(attributes, _VERSION_KEYS)
+        trigger=first_attribute(attributes, ("tracehouse.run.trigger", "faas.trigger")),
+        version=first_attribute(attributes, _VERSION_KEYS)
         or span.resource.get("service.version", ""),
-        session_id=_first_attribute(attributes, _SESSION_KEYS),
+        session_id=first_attribute(attributes, _SESSION_KEYS),
     )
 
 

@@ -32,14 +32,16 @@ def bounded(text: str, limit: int) -> tuple[str, int]:
     return kept + marker, size
 
 
-def _attribute(*keys: str) -> Reader:
-    def read(attributes: Attributes, events: Events) -> str:
-        for key in keys:
-            if value := attributes.get(key):
-                return value
-        return ""
+def first_attribute(attributes: Attributes, keys: Sequence[str]) -> str:
+    """The first non-empty value among `keys`, or ""."""
+    for key in keys:
+        if value := attributes.get(key):
+            return value
+    return ""
 
-    return read
+
+def _attribute(*keys: str) -> Reader:
+    return lambda attributes, events: first_attribute(attributes, keys)
 
 
 def _json(value: Any) -> str:

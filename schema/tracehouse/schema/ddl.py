@@ -35,6 +35,15 @@ class Layout:
     def on_cluster(self) -> str:
         return f" ON CLUSTER {quote_identifier(self.cluster)}" if self.cluster else ""
 
+    @property
+    def sharded(self) -> bool:
+        """Whether each table is a `_local` table behind a Distributed one."""
+        return bool(self.cluster) and self.distributed
+
+    def stored(self, name: str) -> str:
+        """The table that holds a table's rows here: `<name>_local` when sharded."""
+        return f"{name}_local" if self.sharded else name
+
 
 SINGLE_NODE = Layout()
 
@@ -125,11 +134,10 @@ GROUP BY ProjectId, TraceId
 
 def create_view(name: str, target: Table, source: Table, select: str, layout: Layout) -> str:
     """A materialized view feeding `target` from inserts into `source` (shard-local)."""
-    local = "_local" if layout.cluster and layout.distributed else ""
-    query = select.format(source=quote_identifier(source.name + local))
+    query = select.format(source=quote_identifier(layout.stored(source.name)))
     return (
         f"CREATE MATERIALIZED VIEW IF NOT EXISTS {quote_identifier(name)}{layout.on_cluster()} "
-        f"TO {quote_identifier(target.name + local)} AS {query}"
+        f"TO {quote_identifier(layout.stored(target.name))} AS {query}"
     )
 
 
@@ -144,16 +152,15 @@ def add_columns(table: Table, names: tuple[str, ...], layout: Layout) -> list[st
         )
         return f"ALTER TABLE {quote_identifier(name)}{layout.on_cluster()} {columns}"
 
-    if layout.cluster and layout.distributed:
+    if layout.sharded:
         # A Distributed table stores nothing, so its columns take no codec.
-        return [alter(f"{table.name}_local", True), alter(table.name, False)]
+        return [alter(layout.stored(table.name), True), alter(table.name, False)]
     return [alter(table.name, True)]
 
 
 def add_indexes(table: Table, layout: Layout) -> list[str]:
-    local = f"{table.name}_local" if layout.cluster and layout.distributed else table.name
     return [
-        f"ALTER TABLE {quote_identifier(local)}{layout.on_cluster()} "
+        f"ALTER TABLE {quote_identifier(layout.stored(table.name))}{layout.on_cluster()} "
         f"ADD INDEX IF NOT EXISTS {quote_identifier(name)} {spec}"
         for name, spec in table.indexes
     ]
@@ -182,7 +189,7 @@ def ttl_sql(table: Table, retention_days: int) -> str:
 
 def create_table(table: Table, layout: Layout, retention_days: int) -> list[str]:
     """CREATE statements for a table in a layout, idempotent."""
-    local_name = f"{table.name}_local" if layout.cluster and layout.distributed else table.name
+    local_name = layout.stored(table.name)
     engine = f"Replicated{table.engine}" if layout.cluster else table.engine
     columns = ",\n    ".join(
         [column_sql(c) for c in table.columns]
@@ -212,7 +219,7 @@ def create_table(table: Table, layout: Layout, retention_days: int) -> list[str]
 
 def modify_ttl(table: Table, layout: Layout, retention_days: int) -> str:
     """ALTER for a new retention; existing parts are not rewritten, merges apply it."""
-    name = f"{table.name}_local" if layout.cluster and layout.distributed else table.name
+    name = layout.stored(table.name)
     ttl = ttl_sql(table, retention_days)
     action = f"MODIFY TTL {ttl}" if ttl else "REMOVE TTL"
     return (

@@ -25,6 +25,7 @@ from tracehouse.schema.ddl import (
     create_table,
     create_view,
     modify_ttl,
+    quote_identifier,
     ttl_sql,
 )
 from tracehouse.schema.rows import Column
@@ -44,8 +45,7 @@ def _runs(layout: Layout, retention_days: int) -> list[str]:
         "SpanIndex", "StepStatus", "CostUsd", "InputBytes", "OutputBytes", "Trigger", "Version",
         "SessionId",
     )  # fmt: skip
-    local = "_local" if layout.cluster and layout.distributed else ""
-    backfill = RUNS_VIEW_SELECT.format(source=f"`{SPANS.name}{local}`")
+    backfill = RUNS_VIEW_SELECT.format(source=quote_identifier(layout.stored(SPANS.name)))
     return [
         *add_columns(SPANS, step_columns, layout),
         *add_indexes(SPANS, layout),
@@ -53,7 +53,7 @@ def _runs(layout: Layout, retention_days: int) -> list[str]:
         create_view("runs_mv", RUNS, SPANS, RUNS_VIEW_SELECT, layout),
         # Spans stored before the view existed; the aggregates are idempotent,
         # so a span the view also saw is not counted twice.
-        f"INSERT INTO `{RUNS.name}{local}` {backfill}",
+        f"INSERT INTO {quote_identifier(layout.stored(RUNS.name))} {backfill}",
     ]
 
 
@@ -106,7 +106,7 @@ def migrate(client: Client, layout: Layout, retention_days: int) -> list[int]:
 
 def apply_retention(client: Client, table: Table, layout: Layout, retention_days: int) -> None:
     """Bring the table's TTL to the configured retention when it differs."""
-    name = f"{table.name}_local" if layout.cluster and layout.distributed else table.name
+    name = layout.stored(table.name)
     engine = client.query(
         "SELECT engine_full FROM system.tables"
         " WHERE database = currentDatabase() AND name = {n:String}",
