@@ -21,7 +21,10 @@ TRUNCATION_MARKER = "…[truncated by tracehouse: {size} bytes in all]"
 
 def bounded(text: str, limit: int) -> tuple[str, int]:
     """The text cut to `limit` UTF-8 bytes with an explicit marker, and its size as sent."""
-    if len(text) * 4 <= limit:  # cannot be over: UTF-8 takes at most 4 bytes a character
+    if text.isascii():  # the common case: one byte a character, no copy to measure
+        if len(text) <= limit:
+            return text, len(text)
+    elif len(text) * 4 <= limit:  # cannot be over: UTF-8 takes at most 4 bytes a character
         return text, len(text.encode())
     encoded = text.encode()
     size = len(encoded)
