@@ -12,6 +12,7 @@ from typing import Any
 
 from clickhouse_connect.driver.client import Client
 from clickhouse_connect.driver.exceptions import ClickHouseError
+from clickhouse_connect.driver.query import QueryResult
 
 from tracehouse.query_api import sql
 from tracehouse.query_api.assembly import Error, RunHeader, SpanRow, Tokens
@@ -23,11 +24,15 @@ class Store:
     def __init__(self, client: Client) -> None:
         self._client = client
 
-    def _rows(self, sql: str, parameters: dict[str, Any]) -> Sequence[Sequence[Any]]:
+    def _query(self, sql: str, parameters: dict[str, Any]) -> QueryResult:
+        """The one place a query runs: ClickHouse's errors leave as StorageError."""
         try:
-            return self._client.query(sql, parameters=parameters).result_rows
+            return self._client.query(sql, parameters=parameters)
         except (ClickHouseError, OSError) as exc:
             raise StorageError(f"ClickHouse query failed: {exc}") from exc
+
+    def _rows(self, sql: str, parameters: dict[str, Any]) -> Sequence[Sequence[Any]]:
+        return self._query(sql, parameters).result_rows
 
     def ready(self) -> bool:
         """ClickHouse answers and every migration this build knows is applied."""
@@ -75,11 +80,7 @@ class Store:
     def step(self, project: str, trace_id: str, step_id: str) -> dict[str, Any] | None:
         """Everything stored of one span, by column name."""
         parameters = {"project": project, "trace": trace_id, "step": step_id}
-        try:
-            result = self._client.query(sql.STEP_SQL, parameters=parameters)
-        except (ClickHouseError, OSError) as exc:
-            raise StorageError(f"ClickHouse query failed: {exc}") from exc
-        return next(iter(result.named_results()), None)
+        return next(iter(self._query(sql.STEP_SQL, parameters).named_results()), None)
 
     def trace_rows(self, project: str, trace_id: str) -> list[SpanRow]:
         rows = self._rows(sql.TRACE_ROWS_SQL, {"project": project, "trace": trace_id})
