@@ -7,12 +7,19 @@ import itertools
 from collections.abc import Iterable
 from typing import Any
 
+from clickhouse_connect.driver.client import Client
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2 as otlp_trace
 from opentelemetry.proto.common.v1 import common_pb2 as otlp_common
 from opentelemetry.proto.trace.v1 import trace_pb2 as otlp
 
 from tracehouse.collector.pipeline import Format, Limits, decode_export
 from tracehouse.collector.spans import SpanRows
+from tracehouse.collector.writer import SpanWriter
+from tracehouse.query_api.assembly import RunHeader
+from tracehouse.query_api.runs import RunTree, trace_tree
+from tracehouse.query_api.store import Store
+from tracehouse.schema.ddl import SINGLE_NODE
+from tracehouse.schema.migrations import migrate
 
 BASE_NS = 1_790_000_000_000_000_000
 _ids = itertools.count(1)
@@ -98,3 +105,42 @@ def rows_of(spans: Iterable[otlp.Span], project: str = "default") -> SpanRows:
     """Span rows exactly as the collector makes them from an export of these spans."""
     body = request(spans).SerializeToString()
     return decode_export(body, Format.PROTOBUF, "", LIMITS, project)
+
+
+def pending(real: otlp.Span) -> otlp.Span:
+    """The pending span (Logfire's format) announcing `real` as started."""
+    built = otlp.Span(
+        trace_id=real.trace_id,
+        span_id=new_id(8),
+        parent_span_id=real.span_id,
+        name=real.name,
+        start_time_unix_nano=real.start_time_unix_nano,
+        end_time_unix_nano=real.start_time_unix_nano,
+    )
+    built.attributes.extend(real.attributes)
+    for key, value in (
+        ("logfire.span_type", "pending_span"),
+        ("logfire.pending_parent_id", (real.parent_span_id or bytes(8)).hex()),
+    ):
+        set_value(built.attributes.add(key=key).value, value)
+    return built
+
+
+class Runs:
+    """Write spans the way the collector does; read runs the way the API does."""
+
+    def __init__(self, client: Client) -> None:
+        migrate(client, SINGLE_NODE, 0)
+        self.writer = SpanWriter(client)
+        self.store = Store(client)
+
+    def send(self, *spans: otlp.Span) -> None:
+        self.writer.write(rows_of(spans))
+
+    def tree(self, trace_id: bytes) -> RunTree:
+        found = trace_tree(self.store, "default", trace_id.hex())
+        assert found is not None
+        return found
+
+    def header(self, trace_id: bytes) -> RunHeader:
+        return self.tree(trace_id).run

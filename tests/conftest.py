@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 from clickhouse_connect.driver.client import Client
 
+from builders import Runs
 from tracehouse.query_api.assembly import Step
 from tracehouse.schema.clickhouse import open_client
 from tracehouse.schema.rows import decode_attributes
@@ -177,3 +178,8 @@ def render(step: Step, depth: int = 0) -> Iterator[str]:
 
 def shape(step: Step) -> str:
     return "\n".join(render(step))
+
+
+@pytest.fixture
+def runs(db: Client) -> Runs:
+    return Runs(db)

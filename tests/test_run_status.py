@@ -11,41 +11,10 @@ from typing import Any
 
 import pytest
 from clickhouse_connect.driver.client import Client
-from opentelemetry.proto.trace.v1 import trace_pb2 as otlp
 
-from builders import new_id, rows_of, span
-from tracehouse.collector.writer import SpanWriter
-from tracehouse.query_api.assembly import RunHeader, Step
-from tracehouse.query_api.runs import RunTree, run_tree, trace_tree
-from tracehouse.query_api.store import Store
-from tracehouse.schema.ddl import SINGLE_NODE
-from tracehouse.schema.migrations import migrate
-
-
-class Runs:
-    """Write spans the way the collector does; read runs the way the API does."""
-
-    def __init__(self, client: Client) -> None:
-        migrate(client, SINGLE_NODE, 0)
-        self.writer = SpanWriter(client)
-        self.store = Store(client)
-
-    def send(self, *spans: otlp.Span) -> None:
-        self.writer.write(rows_of(spans))
-
-    def tree(self, trace_id: bytes) -> RunTree:
-        found = trace_tree(self.store, "default", trace_id.hex())
-        assert found is not None
-        return found
-
-    def header(self, trace_id: bytes) -> RunHeader:
-        return self.tree(trace_id).run
-
-
-@pytest.fixture
-def runs(db: Client) -> Runs:
-    return Runs(db)
-
+from builders import Runs, new_id, span
+from tracehouse.query_api.assembly import Step
+from tracehouse.query_api.runs import run_tree
 
 AGENT = {"gen_ai.operation.name": "invoke_agent", "gen_ai.agent.name": "helper"}
 
@@ -306,8 +275,7 @@ def test_oversized_inputs_are_cut_with_a_marker_and_their_size_kept(db: Client) 
     )
     rows = decode_export(body.SerializeToString(), Format.PROTOBUF, "",
                          Limits(LIMITS.max_decompressed_bytes, 1024), "default")  # fmt: skip
-    migrate(db, SINGLE_NODE, 0)
-    SpanWriter(db).write(rows)
+    Runs(db).writer.write(rows)
     stored, size = db.query("SELECT Input, InputBytes FROM spans").result_rows[0]
     assert size == 5000
     assert len(stored.encode()) <= 1024

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 from clickhouse_connect.driver.client import Client
 
+from builders import Runs, new_id, pending, rows_of, span
 from tracehouse.schema.ddl import SINGLE_NODE, SPANS, Layout, create_table
-from tracehouse.schema.migrations import MIGRATIONS, applied_versions, migrate
-from tracehouse.schema.rows import SPAN_COLUMNS
+from tracehouse.schema.migrations import MIGRATIONS, MIGRATIONS_TABLE, applied_versions, migrate
+from tracehouse.schema.rows import SPAN_COLUMNS, WRITTEN_SPAN_COLUMNS
+
+AGENT = {"gen_ai.operation.name": "invoke_agent", "gen_ai.agent.name": "helper"}
 
 
 def engine_of(db: Client, table: str) -> str:
@@ -64,3 +69,31 @@ def test_cluster_without_distributed_creates_replicated_tables_only() -> None:
     assert len(statements) == 1
     assert "`spans` ON CLUSTER `c`" in statements[0]
     assert "TTL" not in statements[0]
+
+
+def test_a_database_from_before_pending_spans_upgrades_keeping_its_runs(db: Client) -> None:
+    # The spans table as an earlier version made it: no `Pending`, the old sorting key.
+    before = replace(
+        SPANS,
+        columns=tuple(c for c in SPAN_COLUMNS if c.name != "Pending"),
+        order_by="(ProjectId, TraceId, SpanId)",
+    )
+    for statement in create_table(before, SINGLE_NODE, 30):
+        db.command(statement)
+    for statement in create_table(MIGRATIONS_TABLE, SINGLE_NODE, 0):
+        db.command(statement)
+    db.insert("tracehouse_migrations", [[1, "spans table"]], column_names=["version", "name"])
+    trace, root = new_id(16), new_id(8)
+    old_row = rows_of([span("invoke_agent helper", trace, root, end=5, attributes=AGENT)])
+    old_columns = [n for n in WRITTEN_SPAN_COLUMNS if n != "Pending"]
+    db.insert("spans", [c for n, c in zip(WRITTEN_SPAN_COLUMNS, old_row.columns, strict=True)
+                        if n != "Pending"], column_names=old_columns, column_oriented=True)  # fmt: skip
+
+    assert migrate(db, SINGLE_NODE, 30) == [2, 3]
+
+    assert "ORDER BY (ProjectId, TraceId, SpanId, Pending)" in engine_of(db, "spans")
+    runs = Runs(db)
+    assert (runs.header(trace).run_id, runs.header(trace).status) == (root.hex(), "completed")
+    # Pending spans work on the upgraded table, and the span already there wins.
+    runs.send(pending(span("invoke_agent helper", trace, root, end=5, attributes=AGENT)))
+    assert (runs.header(trace).status, runs.header(trace).step_count) == ("completed", 0)

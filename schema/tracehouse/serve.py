@@ -70,7 +70,7 @@ async def serve(
             ports = Ports(grpc=collector.grpc_port, http=collector.http_port)
         if roles.query_api:
             read_client = stack.enter_context(closing(open_client(settings.dsn)))
-            app = create_app(settings, Store(read_client))
+            app = create_app(settings, Store(read_client, settings.stale_after_s))
             api = await stack.enter_async_context(
                 HttpListener(app, settings.host, settings.api_port)
             )

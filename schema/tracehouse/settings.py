@@ -50,6 +50,22 @@ class Settings(BaseSettings):
     tree_cache_steps: int = Field(
         500_000, ge=0, description="Steps of assembled run trees the query API keeps in memory."
     )
+    stale_after_s: float = Field(
+        1800.0, gt=0, description="A running run with no new span for this long is flagged stale."
+    )
+    live_transport: str = Field(
+        "auto",
+        pattern="^(auto|process|clickhouse)$",
+        description="How the query API learns of new spans for its WebSockets: `process` (from "
+        "the collector in this process), `clickhouse` (tailing ClickHouse by arrival time, for a "
+        "query API running apart from the collector), `auto` (process when both run here).",
+    )
+    live_poll_ms: float = Field(
+        100.0, gt=0, description="How often the ClickHouse tail looks for new spans and logs."
+    )
+    live_buffer_messages: int = Field(
+        1000, gt=0, description="Messages a WebSocket client may fall behind before it is dropped."
+    )
     log_level: str = Field("info", pattern="^(debug|info|warning|error)$")
 
     @model_validator(mode="after")

@@ -63,9 +63,34 @@ class Step(NamedTuple):
     trigger: str
     version: str
     session_id: str
+    pending: int  # 1: a pending span, standing for its real span until that arrives
 
 
 K = StepKind
+
+PENDING_SPAN_TYPE = "pending_span"
+_NO_PARENT = "0" * 16
+_HEX = frozenset("0123456789abcdef")
+
+
+def pending_ids(attributes: Attributes, parent_span_id: str) -> tuple[str, str] | None:
+    """For a pending span (Logfire's format), the ids of the span it announces.
+
+    A pending span is a zero-length child of the real span, carrying the real
+    span's parent in `logfire.pending_parent_id` (all zeros for a root). It
+    is stored as the real span's step, started and not ended; None for any
+    other span, and for a pending span too malformed to place, which is then
+    kept as an ordinary span.
+    """
+    if attributes.get("logfire.span_type") != PENDING_SPAN_TYPE or not parent_span_id:
+        return None
+    parent = attributes.get("logfire.pending_parent_id", "").lower()
+    if parent == _NO_PARENT:
+        parent = ""
+    if parent and (len(parent) != 16 or not _HEX.issuperset(parent)):
+        return None
+    return parent_span_id, parent
+
 
 _LANGFUSE_TYPES = {
     "generation": K.LLM, "agent": K.AGENT, "tool": K.TOOL, "chain": K.CHAIN,
@@ -251,10 +276,13 @@ def outcome(span: SpanFacts) -> tuple[Status, str, str]:
 _TRACEBACK = "Traceback (most recent call last)"
 
 
-def map_span(span: SpanFacts, price: Pricer, max_value_bytes: int) -> Step:
+def map_span(
+    span: SpanFacts, price: Pricer, max_value_bytes: int, *, pending: bool = False
+) -> Step:
+    """The step a span is; `pending` for a pending span (facts name the real span's parent)."""
     kind = step_kind(span)
     attributes = span.attributes
-    status, error_type, error_message = outcome(span)
+    status, error_type, error_message = (Status.RUNNING, "", "") if pending else outcome(span)
     is_tool = kind == K.TOOL
     raw_input = first(ARGS_READERS if is_tool else INPUT_READERS, attributes, span.events)
     raw_output = first(RESULT_READERS if is_tool else OUTPUT_READERS, attributes, span.events)
@@ -287,6 +315,7 @@ def map_span(span: SpanFacts, price: Pricer, max_value_bytes: int) -> Step:
         version=first_attribute(attributes, _VERSION_KEYS)
         or span.resource.get("service.version", ""),
         session_id=first_attribute(attributes, _SESSION_KEYS),
+        pending=int(pending),
     )
 
 

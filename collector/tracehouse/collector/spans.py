@@ -21,7 +21,7 @@ from opentelemetry.proto.collector.trace.v1 import trace_service_pb2 as otlp_tra
 from opentelemetry.proto.common.v1 import common_pb2 as otlp_common
 from opentelemetry.proto.trace.v1 import trace_pb2 as otlp
 
-from tracehouse.collector.mapping import Pricer, SpanFacts, map_span
+from tracehouse.collector.mapping import Pricer, SpanFacts, map_span, pending_ids
 from tracehouse.schema.rows import SPAN_KINDS, STATUS_CODES, WRITTEN_SPAN_COLUMNS, ValueType
 
 
@@ -135,13 +135,17 @@ def _append_span(
         link_states.append(link.trace_state)
         link_attributes.append(_attributes(link.attributes, f"l{i}", types))
     status = _name(STATUS_CODES, span.status.code)
+    span_id, parent_id = span.span_id.hex(), span.parent_span_id.hex()
+    announced = pending_ids(attributes, parent_id)
+    if announced:
+        span_id, parent_id = announced
     facts = SpanFacts(
-        span.name, span.parent_span_id.hex(), status, span.status.message, attributes,
+        span.name, parent_id, status, span.status.message, attributes,
         list(zip(event_names, event_attributes, strict=True)), resource,
     )  # fmt: skip
-    step = map_span(facts, mapping.price, mapping.max_value_bytes)
+    step = map_span(facts, mapping.price, mapping.max_value_bytes, pending=bool(announced))
     values = (
-        project_id, start, span.trace_id.hex(), span.span_id.hex(), span.parent_span_id.hex(),
+        project_id, start, span.trace_id.hex(), span_id, parent_id,
         span.trace_state, span.name, _name(SPAN_KINDS, span.kind), service, resource,
         resource_url, scope_name, scope_version, scope_attributes, scope_url, attributes, types,
         max(end - start, 0), status, span.status.message, span.flags,

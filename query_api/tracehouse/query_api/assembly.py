@@ -60,6 +60,12 @@ class RunHeader:
     # (trace id, span id) a top-level run's root links to: it is a sub-run of
     # the run holding that span, in another trace.
     parent_link: tuple[str, str] | None = None
+    # Running, and nothing of it has arrived for a long while: its process
+    # may have died. Still `running`: nobody said it failed.
+    stale: bool = False
+    # When a span of its trace last arrived. Not part of what a header says
+    # (two stores of the same spans agree on everything else).
+    last_seen_ns: int = field(default=0, compare=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -170,11 +176,13 @@ def _summarise(tree: Step) -> None:
             step.cost_usd = _add_cost(_add_cost(step.cost_usd, row.cost_usd), child.cost_usd)
             step.first_llm = _earlier(step.first_llm, child.first_llm)
             step.last_llm = _later(step.last_llm, child.last_llm)
-            if row.kind == StepKind.LLM:
+            if row.kind != StepKind.LLM:
+                continue
+            step.first_llm = _earlier(step.first_llm, (row.start_ns, row.input_preview))
+            end = ended_ns(row)
+            if end is not None:  # a started LLM call has no tokens or output yet
                 step.llm_steps += 1
                 step.llm_tokens += row.tokens
-                step.first_llm = _earlier(step.first_llm, (row.start_ns, row.input_preview))
-                end = ended_ns(row) or row.start_ns
                 step.last_llm = _later(step.last_llm, (end, row.output_preview, row.model))
 
 
@@ -236,6 +244,8 @@ def subrun_header(step: Step, parent: RunHeader, trace_id: str) -> RunHeader:
         error=Error(row.error_type, row.error_message) if failed else None,
         input_preview=row.input_preview or (step.first_llm[1] if step.first_llm else ""),
         output_preview=row.output_preview or (step.last_llm[1] if step.last_llm else ""),
+        stale=parent.stale and row.status == Status.RUNNING,
+        last_seen_ns=parent.last_seen_ns,
     )
 
 

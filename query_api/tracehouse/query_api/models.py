@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 Status = Literal["running", "completed", "failed", "cancelled"]
 
@@ -50,6 +50,10 @@ class RunHeader(Model):
     error: Error | None
     input_preview: str
     output_preview: str
+    stale: bool = Field(
+        description="Running, but nothing has arrived for `stale_after_s` (default 30 min): "
+        "its process may be gone. Its status stays `running`."
+    )
 
 
 class Step(Model):

@@ -33,8 +33,8 @@ class TreeCache:
 
     A big run is read in many requests (its first level, then a branch at a
     time); assembling it once saves the rest from reading every span again.
-    Any span arriving changes the header (its step count at least), so a
-    header that compares equal means the tree is current. Bounded by steps.
+    Any span arriving moves the header's `last_seen_ns`, so an equal header
+    seen at the same moment means the tree is current. Bounded by steps.
     """
 
     def __init__(self, max_steps: int) -> None:
@@ -46,7 +46,7 @@ class TreeCache:
     def get(self, project: str, top: RunHeader) -> RunTree | None:
         with self._lock:
             cached = self._trees.get((project, top.trace_id))
-            if cached is None or cached.run != top:
+            if cached is None or (cached.run, cached.run.last_seen_ns) != (top, top.last_seen_ns):
                 return None
             self._trees.move_to_end((project, top.trace_id))
             return cached

@@ -4,7 +4,9 @@ Nothing a client sends is ever formatted into these strings: values travel
 as ClickHouse query parameters (`{name:Type}`), and the only fragments
 joined in are the fixed ones below, chosen by which filters are present.
 Reads of `spans` use FINAL: a retried export wrote some spans twice, and
-until ClickHouse merges them only FINAL hides the copy.
+until ClickHouse merges them only FINAL hides the copy. A step can also
+have a second row, its pending span (`Pending = 1`): reads count it once
+and prefer the span itself.
 """
 
 from __future__ import annotations
@@ -59,7 +61,8 @@ SELECT {_RUN_KEY_COLUMNS},
     (RootDetail.error_type, RootDetail.error_message) AS error,
     if(RootDetail.input != '', RootDetail.input, FirstLlm.3) AS input_preview,
     if(RootDetail.output != '', RootDetail.output, LastLlm.3) AS output_preview,
-    RootDetail.link_trace AS link_trace
+    RootDetail.link_trace AS link_trace,
+    toUnixTimestamp64Nano(LastSeen) AS last_seen_ns
 {_RUNS_FROM.replace("/*scope*/", "AND TraceId IN {traces:Array(String)}")}
 """
 
@@ -67,12 +70,12 @@ SELECT {_RUN_KEY_COLUMNS},
 TRACE_TOTALS_SQL = """
 SELECT
     TraceId,
-    count() AS spans,
-    countIf(StepKind = 'llm') AS llm_steps,
-    sumIf(InputTokens, StepKind = 'llm') AS input_tokens,
-    sumIf(OutputTokens, StepKind = 'llm') AS output_tokens,
-    sumIf(TotalTokens, StepKind = 'llm') AS total_tokens,
-    sumOrNull(CostUsd) AS cost_usd,
+    uniqExact(SpanId) AS spans,
+    countIf(StepKind = 'llm' AND Pending = 0) AS llm_steps,
+    sumIf(InputTokens, StepKind = 'llm' AND Pending = 0) AS input_tokens,
+    sumIf(OutputTokens, StepKind = 'llm' AND Pending = 0) AS output_tokens,
+    sumIf(TotalTokens, StepKind = 'llm' AND Pending = 0) AS total_tokens,
+    sumOrNullIf(CostUsd, Pending = 0) AS cost_usd,
     argMinIf((ErrorType, ErrorMessage), Timestamp, StepStatus IN ('failed', 'cancelled'))
         AS first_error
 FROM spans FINAL
@@ -86,7 +89,7 @@ SELECT
     toUnixTimestamp64Nano(Timestamp), Duration, SpanIndex, Model, InputTokens, OutputTokens,
     TotalTokens,
     CostUsd, ErrorType, ErrorMessage, substringUTF8(Input, 1, {PREVIEW_CHARS}),
-    substringUTF8(Output, 1, {PREVIEW_CHARS}), Trigger, Version, SessionId, ServiceName
+    substringUTF8(Output, 1, {PREVIEW_CHARS}), Trigger, Version, SessionId, ServiceName, Pending
 FROM spans FINAL
 WHERE ProjectId = {{project:String}} AND TraceId = {{trace:String}}
 """
@@ -118,6 +121,7 @@ SELECT TraceId AS trace_id, SpanId AS run_id, StepName AS name, StepStatus AS st
     1 AS nested
 FROM spans FINAL
 WHERE ProjectId = {project:String} AND StepKind IN ('agent', 'workflow') AND ParentSpanId != ''
+ORDER BY Pending LIMIT 1 BY TraceId, SpanId
 """
 
 
@@ -217,7 +221,7 @@ def stats(f: RunFilter, bucket_seconds: int) -> dict[str, tuple[str, dict[str, A
             sumIf(TotalTokens, StepKind = 'llm') AS total_tokens,
             sumOrNull(CostUsd) AS cost_usd
         FROM spans FINAL
-        WHERE ProjectId = {{project:String}} AND {steps_since} AND {steps_until}
+        WHERE ProjectId = {{project:String}} AND Pending = 0 AND {steps_since} AND {steps_until}
         GROUP BY TraceId"""
     bucket_start = (
         "toUnixTimestamp(toStartOfInterval(fromUnixTimestamp64Nano(started_ns),"
@@ -240,6 +244,7 @@ def stats(f: RunFilter, bucket_seconds: int) -> dict[str, tuple[str, dict[str, A
                 sumOrNull(CostUsd)
             FROM spans FINAL
             WHERE ProjectId = {{project:String}} AND StepKind IN ('llm', 'embedding')
+                AND Pending = 0
                 AND {steps_since} AND {steps_until}
             GROUP BY Model ORDER BY sum(TotalTokens) DESC LIMIT 200""",
             params,
@@ -262,5 +267,6 @@ SELECT *, toUnixTimestamp64Nano(Timestamp) AS start_ns,
     arrayMap(t -> toUnixTimestamp64Nano(t), `Events.Timestamp`) AS event_ns
 FROM spans FINAL
 WHERE ProjectId = {project:String} AND TraceId = {trace:String} AND SpanId = {step:String}
+ORDER BY Pending
 LIMIT 1
 """

@@ -7,6 +7,7 @@ run them on worker threads.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -21,8 +22,9 @@ from tracehouse.schema.migrations import MIGRATIONS, applied_versions
 
 
 class Store:
-    def __init__(self, client: Client) -> None:
+    def __init__(self, client: Client, stale_after_s: float = 1800.0) -> None:
         self._client = client
+        self._stale_after_ns = int(stale_after_s * 1e9)
 
     def _query(self, sql: str, parameters: dict[str, Any]) -> QueryResult:
         """The one place a query runs: ClickHouse's errors leave as StorageError."""
@@ -54,8 +56,10 @@ class Store:
         """The top-level run of each trace, by trace id (absent: nothing stored)."""
         parameters = {"project": project, "traces": list(trace_ids)}
         totals = {row[0]: row for row in self._rows(sql.TRACE_TOTALS_SQL, parameters)}
+        stale_before = time.time_ns() - self._stale_after_ns
         return {
-            row[0]: _header(row, totals.get(row[0])) for row in self._rows(sql.RUNS_SQL, parameters)
+            row[0]: _header(row, totals.get(row[0]), stale_before)
+            for row in self._rows(sql.RUNS_SQL, parameters)
         }
 
     def list_runs(
@@ -83,14 +87,16 @@ class Store:
         return next(iter(self._query(sql.STEP_SQL, parameters).named_results()), None)
 
     def trace_rows(self, project: str, trace_id: str) -> list[SpanRow]:
+        """The trace's steps, each once: a pending span only until its span arrives."""
         rows = self._rows(sql.TRACE_ROWS_SQL, {"project": project, "trace": trace_id})
-        return [_span_row(row) for row in rows]
+        ended = {row[0] for row in rows if not row[-1]}
+        return [_span_row(row) for row in rows if not row[-1] or row[0] not in ended]
 
 
-def _header(run: Sequence[Any], totals: Sequence[Any] | None) -> RunHeader:
+def _header(run: Sequence[Any], totals: Sequence[Any] | None, stale_before: int) -> RunHeader:
     (trace_id, run_id, name, kind, status, trigger, version, session_id, started_ns, link_span,
      _is_sub_run, root_seen, service, ended_ns, own_tokens, model, error, input_preview,
-     output_preview, link_trace) = run  # fmt: skip
+     output_preview, link_trace, last_seen_ns) = run  # fmt: skip
     _, spans, llm_steps, input_tokens, output_tokens, total_tokens, cost, first_error = totals or (
         "", 0, 0, 0, 0, 0, None, ("", "")
     )  # fmt: skip
@@ -118,13 +124,15 @@ def _header(run: Sequence[Any], totals: Sequence[Any] | None) -> RunHeader:
         input_preview=input_preview,
         output_preview=output_preview,
         parent_link=(link_trace, link_span) if link_span else None,
+        stale=status == "running" and last_seen_ns < stale_before,
+        last_seen_ns=last_seen_ns,
     )
 
 
 def _span_row(row: Sequence[Any]) -> SpanRow:
     (span_id, parent_id, kind, name, status, start_ns, duration_ns, index, model, input_tokens,
      output_tokens, total_tokens, cost, error_type, error_message, input_preview,
-     output_preview, trigger, version, session_id, service) = row  # fmt: skip
+     output_preview, trigger, version, session_id, service, _pending) = row  # fmt: skip
     return SpanRow(
         span_id=span_id,
         parent_id=parent_id,

@@ -65,6 +65,7 @@ def run_view(run: RunHeader) -> dict[str, Any]:
         "error": _error(run.error),
         "input_preview": run.input_preview,
         "output_preview": run.output_preview,
+        "stale": run.stale,
     }
 
 

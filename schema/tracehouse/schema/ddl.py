@@ -12,6 +12,8 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 
 from tracehouse.schema.rows import (
+    LOG_COLUMNS,
+    LOGS_TABLE,
     PREVIEW_CHARS,
     ROOT_DETAIL_TUPLE,
     ROOT_KEY_TUPLE,
@@ -67,7 +69,7 @@ SPANS = Table(
     # A retried export writes the same span again; Replacing collapses rows
     # with one key, and reads use FINAL until merges have.
     engine="ReplacingMergeTree",
-    order_by="(ProjectId, TraceId, SpanId)",
+    order_by="(ProjectId, TraceId, SpanId, Pending)",
     partition_by="toDate(Timestamp)",
     shard_key="cityHash64(TraceId)",
     # A run id is a span id (a sub-run's, or the root's) or, while the root
@@ -75,11 +77,28 @@ SPANS = Table(
     indexes=(
         ("idx_span_id", "SpanId TYPE bloom_filter(0.01) GRANULARITY 1"),
         ("idx_parent_span_id", "ParentSpanId TYPE bloom_filter(0.01) GRANULARITY 1"),
+        # The live tail reads what arrived in the last seconds.
+        ("idx_ingested_at", "IngestedAt TYPE minmax GRANULARITY 1"),
     ),
     # Retention counts from arrival: a span whose clock says 2019 is still kept
     # for the retention after it was acknowledged.
     ttl_column="IngestedAt",
     # A trace is a point lookup of ~1.5 KB rows: small granules read little.
+    settings=(("ttl_only_drop_parts", "1"), ("index_granularity", "1024")),
+)
+
+
+LOGS = Table(
+    name=LOGS_TABLE,
+    columns=LOG_COLUMNS,
+    # Log records have no id: a record is its span, time, chunk place and
+    # body, and a retried export collapses into the first.
+    engine="ReplacingMergeTree",
+    order_by="(ProjectId, TraceId, SpanId, Timestamp, ChunkIndex, cityHash64(Body))",
+    partition_by="toDate(Timestamp)",
+    shard_key="cityHash64(TraceId)",
+    indexes=(("idx_ingested_at", "IngestedAt TYPE minmax GRANULARITY 1"),),
+    ttl_column="IngestedAt",
     settings=(("ttl_only_drop_parts", "1"), ("index_granularity", "1024")),
 )
 
@@ -107,12 +126,12 @@ SELECT
     max(IngestedAt) AS LastSeen,
     min((Timestamp, ParentSpanId, StepName)) AS Topmost,
     max(CAST(if(ParentSpanId = '',
-        (1, SpanId, StepName, StepKind, StepStatus, Trigger, Version, SessionId,
+        (2 - Pending, SpanId, StepName, StepKind, StepStatus, Trigger, Version, SessionId,
          if(StepKind IN {_RUN_KINDS}, `Links.SpanId`[1], '')),
         (0, '', '', '', '', '', '', '', '')),
         '{ROOT_KEY_TUPLE}')) AS RootKey,
     max(CAST(if(ParentSpanId = '',
-        (1, Timestamp + toIntervalNanosecond(Duration), ErrorType, ErrorMessage,
+        (2 - Pending, Timestamp + toIntervalNanosecond(Duration), ErrorType, ErrorMessage,
          {_PREVIEW.format("Input")}, {_PREVIEW.format("Output")}, Model, InputTokens,
          OutputTokens, TotalTokens, if(StepKind IN {_RUN_KINDS}, `Links.TraceId`[1], '')),
         (0, toDateTime64(0, 9), '', '', '', '', '', 0, 0, 0, '')),
@@ -124,7 +143,7 @@ SELECT
     ) AS FailedAgentParents,
     min(if(StepKind = 'llm', (0, Timestamp, {_PREVIEW.format("Input")}),
         (1, toDateTime64(0, 9), ''))) AS FirstLlm,
-    max(if(StepKind = 'llm',
+    max(if(StepKind = 'llm' AND Pending = 0,
         (1, Timestamp + toIntervalNanosecond(Duration), {_PREVIEW.format("Output")}, Model),
         (0, toDateTime64(0, 9), '', ''))) AS LastLlm
 FROM {{source}}

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from clickhouse_connect.driver.client import Client
 
 from tracehouse.schema.ddl import (
+    LOGS,
     RUNS,
     RUNS_VIEW_SELECT,
     SPANS,
@@ -45,21 +46,45 @@ def _runs(layout: Layout, retention_days: int) -> list[str]:
         "SpanIndex", "StepStatus", "CostUsd", "InputBytes", "OutputBytes", "Trigger", "Version",
         "SessionId",
     )  # fmt: skip
-    backfill = RUNS_VIEW_SELECT.format(source=quote_identifier(layout.stored(SPANS.name)))
+    # The view filling `runs` reads `Pending`, which version 3 adds: it is
+    # made (and `runs` backfilled) there.
     return [
         *add_columns(SPANS, step_columns, layout),
         *add_indexes(SPANS, layout),
         *create_table(RUNS, layout, retention_days),
+    ]
+
+
+def _backfill_runs(layout: Layout) -> str:
+    # Spans stored before the view (or this version of it) existed; the
+    # aggregates are idempotent, so a span the view also saw is not counted twice.
+    source = quote_identifier(layout.stored(SPANS.name))
+    return f"INSERT INTO {quote_identifier(layout.stored(RUNS.name))} " + RUNS_VIEW_SELECT.format(
+        source=source
+    )
+
+
+def _live(layout: Layout, retention_days: int) -> list[str]:
+    # `Pending` joins the sorting key, so a pending span and the span it
+    # announces are two rows; ClickHouse allows extending the key only with
+    # a column added in the same ALTER (and one without a default expression).
+    spans = quote_identifier(layout.stored(SPANS.name))
+    return [
+        f"ALTER TABLE {spans}{layout.on_cluster()} ADD COLUMN IF NOT EXISTS `Pending` UInt8, "
+        f"MODIFY ORDER BY {SPANS.order_by}",
+        *add_columns(SPANS, ("Pending",), layout)[1:],  # the Distributed table, if any
+        *add_indexes(SPANS, layout),
+        *create_table(LOGS, layout, retention_days),
+        f"DROP VIEW IF EXISTS {quote_identifier('runs_mv')}{layout.on_cluster()}",
         create_view("runs_mv", RUNS, SPANS, RUNS_VIEW_SELECT, layout),
-        # Spans stored before the view existed; the aggregates are idempotent,
-        # so a span the view also saw is not counted twice.
-        f"INSERT INTO {quote_identifier(layout.stored(RUNS.name))} {backfill}",
+        _backfill_runs(layout),
     ]
 
 
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "spans table", lambda layout, days: create_table(SPANS, layout, days)),
     Migration(2, "step columns and the runs table", _runs),
+    Migration(3, "pending spans, logs and the live tail index", _live),
 )
 
 MIGRATIONS_TABLE = Table(
@@ -99,7 +124,7 @@ def migrate(client: Client, layout: Layout, retention_days: int) -> list[int]:
         )
         log.info("applied migration %d: %s", migration.version, migration.name)
         applied.append(migration.version)
-    for table in (SPANS, RUNS):
+    for table in (SPANS, LOGS, RUNS):
         apply_retention(client, table, layout, retention_days)
     return applied
 

@@ -31,6 +31,7 @@ class Column:
     # value the column's DEFAULT stands.
     default: str | None = None
     codec: str | None = None
+    mapped: bool = False  # filled by the mapping, not read off the span
 
 
 class ValueType(enum.StrEnum):
@@ -87,25 +88,29 @@ SPAN_COLUMNS: tuple[Column, ...] = (
     Column("Links.TraceState", "Array(String)", codec=ZSTD),
     Column("Links.Attributes", "Array(Map(LowCardinality(String), String))", codec=ZSTD),
     # Mapped run/step columns (DESIGN.md §3), filled by collector.mapping.
-    Column("StepKind", "LowCardinality(String)", default="''"),
-    Column("StepName", "String", default="''"),
-    Column("StepStatus", "LowCardinality(String)", default="''"),
-    Column("Model", "LowCardinality(String)", default="''"),
-    Column("InputTokens", "UInt64", default="0"),
-    Column("OutputTokens", "UInt64", default="0"),
-    Column("TotalTokens", "UInt64", default="0"),
-    Column("CostUsd", "Nullable(Float64)", default="NULL"),
-    Column("ErrorType", "String", default="''"),
-    Column("ErrorMessage", "String", default="''", codec=ZSTD),
+    Column("StepKind", "LowCardinality(String)", default="''", mapped=True),
+    Column("StepName", "String", default="''", mapped=True),
+    Column("StepStatus", "LowCardinality(String)", default="''", mapped=True),
+    Column("Model", "LowCardinality(String)", default="''", mapped=True),
+    Column("InputTokens", "UInt64", default="0", mapped=True),
+    Column("OutputTokens", "UInt64", default="0", mapped=True),
+    Column("TotalTokens", "UInt64", default="0", mapped=True),
+    Column("CostUsd", "Nullable(Float64)", default="NULL", mapped=True),
+    Column("ErrorType", "String", default="''", mapped=True),
+    Column("ErrorMessage", "String", default="''", codec=ZSTD, mapped=True),
     # Input and output (a tool's args and result), whole up to the size limit;
     # their *Bytes are the sizes as sent, larger than the text when it was cut.
-    Column("Input", "String", default="''", codec="ZSTD(3)"),
-    Column("Output", "String", default="''", codec="ZSTD(3)"),
-    Column("InputBytes", "UInt64", default="0"),
-    Column("OutputBytes", "UInt64", default="0"),
-    Column("Trigger", "LowCardinality(String)", default="''"),
-    Column("Version", "LowCardinality(String)", default="''"),
-    Column("SessionId", "String", default="''"),
+    Column("Input", "String", default="''", codec="ZSTD(3)", mapped=True),
+    Column("Output", "String", default="''", codec="ZSTD(3)", mapped=True),
+    Column("InputBytes", "UInt64", default="0", mapped=True),
+    Column("OutputBytes", "UInt64", default="0", mapped=True),
+    Column("Trigger", "LowCardinality(String)", default="''", mapped=True),
+    Column("Version", "LowCardinality(String)", default="''", mapped=True),
+    Column("SessionId", "String", default="''", mapped=True),
+    # A pending span (DESIGN.md §3 "Live"), stored under the id of the span
+    # it announces: 1 until that span itself arrives as a row with 0. Part of
+    # the sorting key, so each keeps its own row and reads prefer the 0.
+    Column("Pending", "UInt8", mapped=True),
     # When the row reached ClickHouse: the live tail reads by it.
     Column("IngestedAt", "DateTime64(6)", default="now64(6)"),
 )
@@ -113,20 +118,60 @@ SPAN_COLUMNS: tuple[Column, ...] = (
 SPANS_TABLE = "spans"
 
 # What the collector's decoder fills, in this order: the span as sent...
-RAW_SPAN_COLUMNS: tuple[str, ...] = tuple(c.name for c in SPAN_COLUMNS if c.default is None)
-# ...then what the mapping makes of it (all but the insert time).
-MAPPED_SPAN_COLUMNS: tuple[str, ...] = tuple(
-    c.name for c in SPAN_COLUMNS if c.default is not None and c.name != "IngestedAt"
+RAW_SPAN_COLUMNS: tuple[str, ...] = tuple(
+    c.name for c in SPAN_COLUMNS if not c.mapped and c.default is None
 )
+# ...then what the mapping makes of it.
+MAPPED_SPAN_COLUMNS: tuple[str, ...] = tuple(c.name for c in SPAN_COLUMNS if c.mapped)
 WRITTEN_SPAN_COLUMNS = RAW_SPAN_COLUMNS + MAPPED_SPAN_COLUMNS
 
 
 RUNS_TABLE = "runs"
 
+# OTLP log records, named as the OpenTelemetry Collector's `otel_logs`. Those
+# linked to a span are that step's events; text chunks streamed by the
+# client helper (`tracehouse.chunk.*` attributes) are its live output.
+LOG_COLUMNS: tuple[Column, ...] = (
+    Column("ProjectId", "LowCardinality(String)"),
+    Column("Timestamp", "DateTime64(9)", codec="Delta, ZSTD(1)"),
+    Column("ObservedTimestamp", "DateTime64(9)", codec="Delta, ZSTD(1)"),
+    Column("TraceId", "String"),
+    Column("SpanId", "String"),
+    Column("TraceFlags", "UInt32"),
+    Column("SeverityText", "LowCardinality(String)"),
+    Column("SeverityNumber", "UInt8"),
+    Column("ServiceName", "LowCardinality(String)"),
+    Column("Body", "String", codec="ZSTD(3)"),
+    Column("EventName", "LowCardinality(String)"),
+    Column("ResourceAttributes", "Map(LowCardinality(String), String)", codec=ZSTD),
+    Column("ResourceSchemaUrl", "LowCardinality(String)"),
+    Column("ScopeName", "LowCardinality(String)"),
+    Column("ScopeVersion", "LowCardinality(String)"),
+    Column("ScopeAttributes", "Map(LowCardinality(String), String)", codec=ZSTD),
+    Column("ScopeSchemaUrl", "LowCardinality(String)"),
+    Column("LogAttributes", "Map(LowCardinality(String), String)", codec=ZSTD),
+    # As for spans; the body's own type, when not a string, is under `b`.
+    Column("AttributeTypes", "Map(LowCardinality(String), LowCardinality(String))", codec=ZSTD),
+    Column("DroppedAttributesCount", "UInt32"),
+    # A streamed chunk: its channel (`output` or `reasoning`; '' for any
+    # other record) and its place in the span's stream.
+    Column("Channel", "LowCardinality(String)", mapped=True),
+    Column("ChunkIndex", "UInt32", mapped=True),
+    Column("IngestedAt", "DateTime64(6)", default="now64(6)"),
+)
+
+LOGS_TABLE = "logs"
+WRITTEN_LOG_COLUMNS: tuple[str, ...] = tuple(c.name for c in LOG_COLUMNS if c.default is None)
+
+CHUNK_CHANNELS = ("output", "reasoning")
+
 # The root span's facts, as tuples: the runs table keeps the tuple of the
-# span with the highest `seen` (0: a step, not the root; 1: the root). What
+# span with the highest `seen` (see below). What
 # lists filter, sort and count on is kept apart from the wide rest, so a
 # list of a million runs reads only the narrow part.
+#
+# `seen` of the root: 0 while it has not arrived, 1 for its pending span
+# (started, not ended), 2 for the span itself.
 ROOT_KEY_TUPLE = (
     "Tuple(seen UInt8, span_id String, name String, kind String, status String, "
     "trigger String, version String, session_id String, link_span String)"
