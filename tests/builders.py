@@ -12,9 +12,9 @@ from opentelemetry.proto.collector.trace.v1 import trace_service_pb2 as otlp_tra
 from opentelemetry.proto.common.v1 import common_pb2 as otlp_common
 from opentelemetry.proto.trace.v1 import trace_pb2 as otlp
 
+from tracehouse.collector.batcher import Rows
 from tracehouse.collector.pipeline import Format, Limits, decode_export
-from tracehouse.collector.spans import SpanRows
-from tracehouse.collector.writer import SpanWriter
+from tracehouse.collector.writer import span_writer
 from tracehouse.query_api.assembly import RunHeader
 from tracehouse.query_api.runs import RunTree, trace_tree
 from tracehouse.query_api.store import Store
@@ -101,7 +101,7 @@ def request(
 LIMITS = Limits(max_decompressed_bytes=64 << 20, max_value_bytes=1 << 20)
 
 
-def rows_of(spans: Iterable[otlp.Span], project: str = "default") -> SpanRows:
+def rows_of(spans: Iterable[otlp.Span], project: str = "default") -> Rows:
     """Span rows exactly as the collector makes them from an export of these spans."""
     body = request(spans).SerializeToString()
     return decode_export(body, Format.PROTOBUF, "", LIMITS, project)
@@ -131,7 +131,7 @@ class Runs:
 
     def __init__(self, client: Client) -> None:
         migrate(client, SINGLE_NODE, 0)
-        self.writer = SpanWriter(client)
+        self.writer = span_writer(client)
         self.store = Store(client)
 
     def send(self, *spans: otlp.Span) -> None:

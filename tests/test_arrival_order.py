@@ -24,7 +24,7 @@ from opentelemetry.proto.trace.v1 import trace_pb2 as otlp
 
 from builders import new_id, rows_of
 from conftest import FIXTURES
-from tracehouse.collector.writer import SpanWriter
+from tracehouse.collector.writer import span_writer
 from tracehouse.query_api.assembly import RunHeader, Step
 from tracehouse.query_api.runs import trace_tree
 from tracehouse.query_api.store import Store
@@ -55,7 +55,7 @@ def with_trace(spans: list[otlp.Span], trace_id: bytes) -> list[otlp.Span]:
 class Store_:
     def __init__(self, client: Client) -> None:
         migrate(client, SINGLE_NODE, 0)
-        self.writer = SpanWriter(client)
+        self.writer = span_writer(client)
         self.store = Store(client)
 
     def send(self, spans: list[otlp.Span]) -> None:

@@ -19,7 +19,8 @@ from opentelemetry.proto.common.v1 import common_pb2 as otlp_common
 from opentelemetry.proto.resource.v1 import resource_pb2 as otlp_resource
 from opentelemetry.proto.trace.v1 import trace_pb2 as otlp
 
-from tracehouse.collector.spans import Mapping, SpanRows, span_rows
+from tracehouse.collector.batcher import Rows
+from tracehouse.collector.spans import Mapping, span_rows
 from tracehouse.schema.rows import RAW_SPAN_COLUMNS, decode_attributes
 
 TRACE_ID = bytes(range(1, 17))
@@ -73,11 +74,11 @@ def no_price(model: str, provider: str, input_tokens: int, output_tokens: int) -
     return None  # every model unknown: these tests are about the span as sent
 
 
-def to_rows(spans: otlp_trace.ExportTraceServiceRequest) -> SpanRows:
+def to_rows(spans: otlp_trace.ExportTraceServiceRequest) -> Rows:
     return span_rows(spans, "p", Mapping(no_price, max_value_bytes=1 << 20))
 
 
-def rows_of(rows: SpanRows) -> list[dict[str, Any]]:
+def rows_of(rows: Rows) -> list[dict[str, Any]]:
     """Each span row as a dict of its span-as-sent columns, by name."""
     return [
         {name: row[i] for i, name in enumerate(RAW_SPAN_COLUMNS)}
@@ -85,7 +86,7 @@ def rows_of(rows: SpanRows) -> list[dict[str, Any]]:
     ]
 
 
-def only_row(rows: SpanRows) -> dict[str, Any]:
+def only_row(rows: Rows) -> dict[str, Any]:
     (row,) = rows_of(rows)
     return row
 

@@ -17,8 +17,8 @@ from typing import TypeVar
 
 import pytest
 
-from tracehouse.collector.batcher import Batcher, Overloaded, WriteFailed
-from tracehouse.collector.spans import SpanRows, empty_rows
+from tracehouse.collector.batcher import Batcher, Overloaded, Rows, WriteFailed
+from tracehouse.schema.rows import WRITTEN_SPAN_COLUMNS
 
 # Longer than any step here should take, far shorter than the `max_delay`s
 # that a size flush must beat.
@@ -27,10 +27,10 @@ LONG_DELAY = 30.0
 SHORT_DELAY = 0.01
 
 
-def labelled(label: str, count: int) -> SpanRows:
+def labelled(label: str, count: int) -> Rows:
     """`count` spans whose every column holds `<label><i>`."""
     names = [f"{label}{i}" for i in range(count)]
-    return SpanRows(tuple(list(names) for _ in empty_rows().columns), count)
+    return Rows(tuple(list(names) for _ in WRITTEN_SPAN_COLUMNS), count)
 
 
 class FakeWriter:
@@ -44,7 +44,7 @@ class FakeWriter:
         self.release = asyncio.Event()  # writes wait on it; set = not held
         self.release.set()
 
-    async def __call__(self, rows: SpanRows) -> None:
+    async def __call__(self, rows: Rows) -> None:
         self.attempts += 1
         self.in_write.set()
         try:
@@ -71,7 +71,7 @@ async def guarded(step: Awaitable[T]) -> T:
     return await asyncio.wait_for(step, HANG_GUARD)
 
 
-def submitting(batcher: Batcher, *exports: SpanRows) -> list[asyncio.Task[None]]:
+def submitting(batcher: Batcher, *exports: Rows) -> list[asyncio.Task[None]]:
     return [asyncio.create_task(batcher.submit(rows)) for rows in exports]
 
 

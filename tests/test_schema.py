@@ -86,8 +86,10 @@ def test_a_database_from_before_pending_spans_upgrades_keeping_its_runs(db: Clie
     trace, root = new_id(16), new_id(8)
     old_row = rows_of([span("invoke_agent helper", trace, root, end=5, attributes=AGENT)])
     old_columns = [n for n in WRITTEN_SPAN_COLUMNS if n != "Pending"]
-    db.insert("spans", [c for n, c in zip(WRITTEN_SPAN_COLUMNS, old_row.columns, strict=True)
-                        if n != "Pending"], column_names=old_columns, column_oriented=True)  # fmt: skip
+    old_data = [
+        c for n, c in zip(WRITTEN_SPAN_COLUMNS, old_row.columns, strict=True) if n != "Pending"
+    ]
+    db.insert("spans", old_data, column_names=old_columns, column_oriented=True)
 
     assert migrate(db, SINGLE_NODE, 30) == [2, 3]
 

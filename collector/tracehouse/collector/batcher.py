@@ -17,13 +17,42 @@ import contextlib
 import logging
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from types import TracebackType
-
-from tracehouse.collector.spans import SpanRows, concat
+from typing import Any
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class Rows:
+    """Rows of one table as columns (in its written-column order), and what was left out."""
+
+    columns: tuple[list[Any], ...]
+    count: int
+    rejected: int = 0
+    error: str = ""  # why the first rejected item was left out
+
+    @staticmethod
+    def empty(width: int) -> Rows:
+        return Rows(tuple([] for _ in range(width)), 0)
+
+
+def concat(batches: Sequence[Rows]) -> Rows:
+    """One batch of many, columns joined in order."""
+    if len(batches) == 1:
+        return batches[0]
+    joined = Rows.empty(len(batches[0].columns))
+    for batch in batches:
+        for column, part in zip(joined.columns, batch.columns, strict=True):
+            column.extend(part)
+    return Rows(
+        joined.columns,
+        sum(b.count for b in batches),
+        sum(b.rejected for b in batches),
+        next((b.error for b in batches if b.error), ""),
+    )
 
 
 class Overloaded(Exception):
@@ -36,7 +65,7 @@ class WriteFailed(Exception):
 
 @dataclass(slots=True)
 class _Waiting:
-    rows: SpanRows
+    rows: Rows
     done: asyncio.Future[None]
     since: float
 
@@ -44,7 +73,7 @@ class _Waiting:
 class Batcher:
     def __init__(
         self,
-        write: Callable[[SpanRows], Awaitable[None]],
+        write: Callable[[Rows], Awaitable[None]],
         *,
         max_spans: int,
         max_delay: float,
@@ -92,7 +121,7 @@ class Batcher:
         if self._held and self._held + spans > self._max_queued:
             raise Overloaded(f"{self._held} spans are waiting to be written")
 
-    async def submit(self, rows: SpanRows) -> None:
+    async def submit(self, rows: Rows) -> None:
         """Queue rows and wait until they are written."""
         self.check_capacity(rows.count)
         done = asyncio.get_running_loop().create_future()

@@ -1,14 +1,17 @@
 """OTLP on the wire → protobuf requests: content encodings, protobuf and OTLP/JSON.
 
-OTLP/JSON differs from protobuf's canonical JSON in one way that matters:
-trace and span ids are hex, not base64. Ids are translated before the
-protobuf JSON parser sees them; a span whose id is not hex is taken out and
-counted as rejected rather than stored with a wrong id.
+Two signals come in, traces and logs; a `Signal` says how each one's
+request is shaped. OTLP/JSON differs from protobuf's canonical JSON in one
+way that matters: trace and span ids are hex, not base64. Ids are
+translated before the protobuf JSON parser sees them; a span (or log
+record) whose id is not hex is taken out and counted as rejected rather
+than stored with a wrong id.
 """
 
 from __future__ import annotations
 
 import base64
+import enum
 import zlib
 from dataclasses import dataclass
 from typing import Any
@@ -17,6 +20,8 @@ import orjson
 from google.protobuf import json_format
 from google.protobuf.descriptor import Descriptor
 from google.protobuf.message import DecodeError as ProtobufDecodeError
+from google.protobuf.message import Message
+from opentelemetry.proto.collector.logs.v1 import logs_service_pb2 as otlp_logs
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2 as otlp_trace
 
 
@@ -33,9 +38,34 @@ class UnsupportedEncoding(DecodeError):
 
 
 @dataclass(frozen=True, slots=True)
-class DecodedTraces:
-    request: otlp_trace.ExportTraceServiceRequest
-    # Spans the decoder had to leave out (JSON ids that are not hex).
+class Shape:
+    """Where a signal's items and their ids sit in its OTLP/JSON request."""
+
+    request: type[Message]
+    resources: tuple[str, ...]  # field names, lowerCamelCase and snake_case
+    scopes: tuple[str, ...]
+    items: tuple[str, ...]
+
+
+class Signal(enum.Enum):
+    TRACES = Shape(
+        otlp_trace.ExportTraceServiceRequest,
+        ("resourceSpans", "resource_spans"),
+        ("scopeSpans", "scope_spans"),
+        ("spans",),
+    )
+    LOGS = Shape(
+        otlp_logs.ExportLogsServiceRequest,
+        ("resourceLogs", "resource_logs"),
+        ("scopeLogs", "scope_logs"),
+        ("logRecords", "log_records"),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Decoded:
+    request: Any  # the signal's Export*ServiceRequest
+    # Items the decoder had to leave out (JSON ids that are not hex).
     rejected: int = 0
     error: str = ""
 
@@ -64,33 +94,35 @@ def decompress(body: bytes, encoding: str, limit: int) -> bytes:
     return out
 
 
-def traces_from_protobuf(body: bytes) -> DecodedTraces:
-    request = otlp_trace.ExportTraceServiceRequest()
+def from_protobuf(body: bytes, signal: Signal) -> Decoded:
+    request = signal.value.request()
     try:
         request.ParseFromString(body)
     except ProtobufDecodeError as exc:
-        raise DecodeError(f"body is not a valid ExportTraceServiceRequest: {exc}") from exc
-    return DecodedTraces(request)
+        name = request.DESCRIPTOR.name
+        raise DecodeError(f"body is not a valid {name}: {exc}") from exc
+    return Decoded(request)
 
 
-def traces_from_json(body: bytes) -> DecodedTraces:
+def from_json(body: bytes, signal: Signal) -> Decoded:
+    request: Message = signal.value.request()
+    name = request.DESCRIPTOR.name
     try:
         document = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
         raise DecodeError(f"body is not valid JSON: {exc}") from exc
     if not isinstance(document, dict):
-        raise DecodeError("body must be a JSON object (ExportTraceServiceRequest)")
-    _check_shapes(document, otlp_trace.ExportTraceServiceRequest.DESCRIPTOR)
-    rejected, error = _hex_ids_to_base64(document)
-    request = otlp_trace.ExportTraceServiceRequest()
+        raise DecodeError(f"body must be a JSON object ({name})")
+    _check_shapes(document, request.DESCRIPTOR)  # type: ignore[arg-type]
+    rejected, error = _hex_ids_to_base64(document, signal.value)
     try:
         json_format.ParseDict(document, request, ignore_unknown_fields=True)
     except (json_format.ParseError, TypeError, ValueError, RecursionError) as exc:
-        raise DecodeError(f"{_NOT_OTLP_JSON}: {exc}") from exc
-    return DecodedTraces(request, rejected, error)
+        raise DecodeError(f"body is not a valid OTLP/JSON {name}: {exc}") from exc
+    return Decoded(request, rejected, error)
 
 
-_NOT_OTLP_JSON = "body is not a valid OTLP/JSON ExportTraceServiceRequest"
+_NOT_OTLP_JSON = "body is not valid OTLP/JSON"
 
 
 def _check_shapes(document: dict[str, Any], descriptor: Descriptor) -> None:
@@ -118,9 +150,7 @@ def _check_shapes(document: dict[str, Any], descriptor: Descriptor) -> None:
 
 
 # Field names in lowerCamelCase and snake_case: OTLP/JSON receivers accept both.
-_RESOURCE_SPANS = ("resourceSpans", "resource_spans")
-_SCOPE_SPANS = ("scopeSpans", "scope_spans")
-_SPAN_IDS = {
+_IDS = {
     "traceId": 16,
     "trace_id": 16,
     "spanId": 8,
@@ -130,24 +160,25 @@ _SPAN_IDS = {
 }
 
 
-def _hex_ids_to_base64(document: dict[str, Any]) -> tuple[int, str]:
-    """Rewrite hex ids in place as protobuf JSON's base64; drop spans with bad ids."""
+def _hex_ids_to_base64(document: dict[str, Any], shape: Shape) -> tuple[int, str]:
+    """Rewrite hex ids in place as protobuf JSON's base64; drop items with bad ids."""
     rejected = 0
     error = ""
-    for resource_spans in _items(document, _RESOURCE_SPANS):
-        for scope_spans in _items(resource_spans, _SCOPE_SPANS):
-            spans = scope_spans.get("spans")
-            if not isinstance(spans, list):
-                continue
-            kept = []
-            for span in spans:
-                problem = _convert_ids(span) if isinstance(span, dict) else "span is not an object"
-                if problem:
-                    rejected += 1
-                    error = error or problem
-                else:
-                    kept.append(span)
-            scope_spans["spans"] = kept
+    for resource in _items(document, shape.resources):
+        for scope in _items(resource, shape.scopes):
+            for key in shape.items:
+                items = scope.get(key)
+                if not isinstance(items, list):
+                    continue
+                kept = []
+                for item in items:
+                    problem = _convert_ids(item) if isinstance(item, dict) else "not an object"
+                    if problem:
+                        rejected += 1
+                        error = error or problem
+                    else:
+                        kept.append(item)
+                scope[key] = kept
     return rejected, error
 
 
@@ -159,11 +190,11 @@ def _items(container: Any, keys: tuple[str, ...]) -> list[Any]:
     return []
 
 
-def _convert_ids(span: dict[str, Any]) -> str:
-    """Convert a span's and its links' ids; a reason if one is not hex."""
-    links = span.get("links")
-    for holder in (span, *(links if isinstance(links, list) else ())):
-        for key in _SPAN_IDS.keys() & holder.keys():
+def _convert_ids(item: dict[str, Any]) -> str:
+    """Convert a span's (and its links') or a log record's ids; a reason if one is not hex."""
+    links = item.get("links")
+    for holder in (item, *(links if isinstance(links, list) else ())):
+        for key in _IDS.keys() & holder.keys():
             value = holder[key]
             if not isinstance(value, str):
                 return f"{key} must be a hex string"

@@ -1,4 +1,4 @@
-"""OTLP/HTTP receiver: `POST /v1/traces` in protobuf or JSON, and `GET /healthz`.
+"""OTLP/HTTP receiver: `POST /v1/traces` and `/v1/logs` in protobuf or JSON, `GET /healthz`.
 
 Answers as the OTLP specification says: the response is encoded like the
 request; errors carry a `google.rpc.Status`; 400 for bad data, 413 for a
@@ -17,8 +17,13 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from tracehouse.collector.batcher import Overloaded, WriteFailed
-from tracehouse.collector.decode import DecodeError, PayloadTooLarge, UnsupportedEncoding
-from tracehouse.collector.pipeline import Format, TracePipeline
+from tracehouse.collector.decode import (
+    DecodeError,
+    PayloadTooLarge,
+    Signal,
+    UnsupportedEncoding,
+)
+from tracehouse.collector.pipeline import Format, Pipeline
 from tracehouse.collector.receiver_grpc import export_response
 
 RETRY_AFTER_SECONDS = 1
@@ -26,8 +31,8 @@ RETRY_AFTER_SECONDS = 1
 _MEDIA_TYPES = {"application/x-protobuf": Format.PROTOBUF, "application/json": Format.JSON}
 
 
-def create_otlp_app(pipeline: TracePipeline, max_message_bytes: int) -> Starlette:
-    async def traces(request: Request) -> Response:
+def create_otlp_app(pipeline: Pipeline, max_message_bytes: int) -> Starlette:
+    async def export(request: Request, signal: Signal) -> Response:
         media_type = request.headers.get("content-type", "").partition(";")[0].strip().lower()
         fmt = _MEDIA_TYPES.get(media_type)
         if fmt is None:
@@ -39,7 +44,7 @@ def create_otlp_app(pipeline: TracePipeline, max_message_bytes: int) -> Starlett
         try:
             body = await _read_body(request, max_message_bytes)
             result = await pipeline.export(
-                body, fmt, encoding=request.headers.get("content-encoding", "")
+                body, fmt, signal=signal, encoding=request.headers.get("content-encoding", "")
             )
         except PayloadTooLarge as exc:
             return _status(fmt, 413, code_pb2.INVALID_ARGUMENT, str(exc))
@@ -51,13 +56,23 @@ def create_otlp_app(pipeline: TracePipeline, max_message_bytes: int) -> Starlett
             response = _status(fmt, 503, code_pb2.UNAVAILABLE, str(exc))
             response.headers["Retry-After"] = str(RETRY_AFTER_SECONDS)
             return response
-        return _encode(fmt, 200, export_response(result))
+        return _encode(fmt, 200, export_response(result, signal))
+
+    async def traces(request: Request) -> Response:
+        return await export(request, Signal.TRACES)
+
+    async def logs(request: Request) -> Response:
+        return await export(request, Signal.LOGS)
 
     async def healthz(request: Request) -> Response:
         return JSONResponse({"status": "ok"})
 
     return Starlette(
-        routes=[Route("/v1/traces", traces, methods=["POST"]), Route("/healthz", healthz)]
+        routes=[
+            Route("/v1/traces", traces, methods=["POST"]),
+            Route("/v1/logs", logs, methods=["POST"]),
+            Route("/healthz", healthz),
+        ]
     )
 
 

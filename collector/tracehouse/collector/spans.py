@@ -21,41 +21,11 @@ from opentelemetry.proto.collector.trace.v1 import trace_service_pb2 as otlp_tra
 from opentelemetry.proto.common.v1 import common_pb2 as otlp_common
 from opentelemetry.proto.trace.v1 import trace_pb2 as otlp
 
+from tracehouse.collector.batcher import Rows
 from tracehouse.collector.mapping import Pricer, SpanFacts, map_span, pending_ids
 from tracehouse.schema.rows import SPAN_KINDS, STATUS_CODES, WRITTEN_SPAN_COLUMNS, ValueType
 
-
-@dataclass(frozen=True, slots=True)
-class SpanRows:
-    """Spans as columns, in `WRITTEN_SPAN_COLUMNS` order, and what was left out."""
-
-    columns: tuple[list[Any], ...]
-    count: int
-    rejected: int = 0
-    error: str = ""  # why the first rejected span was left out
-
-
-def empty_rows() -> SpanRows:
-    return SpanRows(tuple([] for _ in WRITTEN_SPAN_COLUMNS), 0)
-
-
-def concat(batches: Sequence[SpanRows]) -> SpanRows:
-    """One batch of many, columns joined in order."""
-    if len(batches) == 1:
-        return batches[0]
-    columns: tuple[list[Any], ...] = tuple([] for _ in WRITTEN_SPAN_COLUMNS)
-    for batch in batches:
-        for joined, part in zip(columns, batch.columns, strict=True):
-            joined.extend(part)
-    return SpanRows(
-        columns,
-        sum(b.count for b in batches),
-        sum(b.rejected for b in batches),
-        next((b.error for b in batches if b.error), ""),
-    )
-
-
-_INT64_MAX = 2**63 - 1
+INT64_MAX = 2**63 - 1
 _ZERO_TRACE = bytes(16)
 _ZERO_SPAN = bytes(8)
 
@@ -70,21 +40,21 @@ class Mapping:
 
 def span_rows(
     request: otlp_trace.ExportTraceServiceRequest, project_id: str, mapping: Mapping
-) -> SpanRows:
+) -> Rows:
     """Every valid span of the request as a row of `project_id`."""
-    rows = empty_rows()
+    rows = Rows.empty(len(WRITTEN_SPAN_COLUMNS))
     append = tuple(column.append for column in rows.columns)
     count = rejected = 0
     error = ""
     for resource_spans in request.resource_spans:
         resource_types: dict[str, str] = {}
-        resource = _attributes(resource_spans.resource.attributes, "r", resource_types)
+        resource = attributes_of(resource_spans.resource.attributes, "r", resource_types)
         service = resource.get("service.name", "")
         resource_url = resource_spans.schema_url
         for scope_spans in resource_spans.scope_spans:
             scope = scope_spans.scope
             scope_types = dict(resource_types)
-            scope_attributes = _attributes(scope.attributes, "c", scope_types)
+            scope_attributes = attributes_of(scope.attributes, "c", scope_types)
             context = (service, resource, resource_url, scope.name, scope.version,
                        scope_attributes, scope_spans.schema_url)  # fmt: skip
             for span in scope_spans.spans:
@@ -95,7 +65,7 @@ def span_rows(
                     continue
                 _append_span(append, project_id, span, count, context, dict(scope_types), mapping)
                 count += 1
-    return SpanRows(rows.columns, count, rejected, error)
+    return Rows(rows.columns, count, rejected, error)
 
 
 def _id_problem(span: otlp.Span) -> str:
@@ -120,20 +90,20 @@ def _append_span(
     service, resource, resource_url, scope_name, scope_version, scope_attributes, scope_url = (
         context
     )
-    start = min(span.start_time_unix_nano, _INT64_MAX)
-    end = min(span.end_time_unix_nano, _INT64_MAX)
-    attributes = _attributes(span.attributes, "s", types)
+    start = min(span.start_time_unix_nano, INT64_MAX)
+    end = min(span.end_time_unix_nano, INT64_MAX)
+    attributes = attributes_of(span.attributes, "s", types)
     event_times, event_names, event_attributes = [], [], []
     for i, event in enumerate(span.events):
-        event_times.append(min(event.time_unix_nano, _INT64_MAX))
+        event_times.append(min(event.time_unix_nano, INT64_MAX))
         event_names.append(event.name)
-        event_attributes.append(_attributes(event.attributes, f"e{i}", types))
+        event_attributes.append(attributes_of(event.attributes, f"e{i}", types))
     link_traces, link_spans, link_states, link_attributes = [], [], [], []
     for i, link in enumerate(span.links):
         link_traces.append(link.trace_id.hex())
         link_spans.append(link.span_id.hex())
         link_states.append(link.trace_state)
-        link_attributes.append(_attributes(link.attributes, f"l{i}", types))
+        link_attributes.append(attributes_of(link.attributes, f"l{i}", types))
     status = _name(STATUS_CODES, span.status.code)
     span_id, parent_id = span.span_id.hex(), span.parent_span_id.hex()
     announced = pending_ids(attributes, parent_id)
@@ -161,7 +131,15 @@ def _name(names: tuple[str, ...], number: int) -> str:
     return names[number] if 0 <= number < len(names) else names[0]
 
 
-def _attributes(
+def attribute_text(value: otlp_common.AnyValue) -> tuple[str, str]:
+    """A value as stored: its text, and its type tag ("" for a string)."""
+    which = value.WhichOneof("value")
+    if which == "string_value":
+        return value.string_value, ""
+    return _ENCODERS.get(which, _absent)(value)
+
+
+def attributes_of(
     pairs: Sequence[otlp_common.KeyValue], scope: str, types: dict[str, str]
 ) -> dict[str, str]:
     """An attribute list as text values; types of non-strings go into `types`."""
