@@ -38,6 +38,7 @@ from schemathesis.specs.openapi.checks import (
 from conftest import FIXTURES, RunningServer, server_settings
 from tracehouse.query_api import models, params
 from tracehouse.query_api.app import create_app
+from tracehouse.query_api.feed import Feed
 from tracehouse.query_api.store import Store
 from tracehouse.schema.clickhouse import open_client
 
@@ -490,7 +491,7 @@ CHECKS = [
 def openapi_schema(api: Api) -> Iterator[BaseSchema]:
     """The app in process, on the fuzzed database, with a store of its own."""
     client = open_client(api.server.settings.dsn)
-    app = create_app(api.server.settings, Store(client))
+    app = create_app(api.server.settings, Store(client), Feed())
     yield schemathesis.openapi.from_asgi("/openapi.json", app)
     client.close()
 

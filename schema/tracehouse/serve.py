@@ -54,32 +54,50 @@ async def serve(
     # Imported here so `tracehouse migrate` does not load gRPC and FastAPI.
     from tracehouse.collector.service import Collector
     from tracehouse.query_api.app import create_app
+    from tracehouse.query_api.feed import ClickHouseTail, Feed
     from tracehouse.query_api.store import Store
 
     log.info("storage: %s", redact(settings.dsn))
     applied = await asyncio.to_thread(run_migrations, settings)
     if applied:
         log.info("schema migrated to version %d", max(applied))
+    transport = live_transport(settings, roles)
     async with AsyncExitStack() as stack:
         ports = Ports()
+        feed = await stack.enter_async_context(Feed())
         if roles.collector:
             # The write path and the read path get a client each: one client
             # runs one query at a time, and a long read must not stall ingest.
             write_client = stack.enter_context(closing(open_client(settings.dsn)))
-            collector = await stack.enter_async_context(Collector(settings, write_client))
+            announce = feed.announce if transport == "process" else None
+            collector = await stack.enter_async_context(Collector(settings, write_client, announce))
             ports = Ports(grpc=collector.grpc_port, http=collector.http_port)
         if roles.query_api:
             read_client = stack.enter_context(closing(open_client(settings.dsn)))
-            app = create_app(settings, Store(read_client, settings.stale_after_s))
+            store = Store(read_client, settings.stale_after_s)
+            if transport == "clickhouse":
+                tail_client = stack.enter_context(closing(open_client(settings.dsn)))
+                tail = ClickHouseTail(Store(tail_client), feed, settings.live_poll_ms / 1000)
+                await stack.enter_async_context(tail)
             api = await stack.enter_async_context(
-                HttpListener(app, settings.host, settings.api_port)
+                HttpListener(create_app(settings, store, feed), settings.host, settings.api_port)
             )
             ports = Ports(ports.grpc, ports.http, api.port)
             log.info("query API listening on http://%s:%d/api/v1", settings.host, api.port)
+            log.info("live updates: %s", transport)
         if on_ready:
             on_ready(ports)
         await stop.wait()
         log.info("shutting down")
+
+
+def live_transport(settings: Settings, roles: Roles) -> str:
+    """How the WebSockets hear of new spans: from the collector here, or from ClickHouse."""
+    if settings.live_transport != "auto":
+        if settings.live_transport == "process" and not roles.collector:
+            log.warning("live transport 'process' without a collector here: nothing will be live")
+        return settings.live_transport
+    return "process" if roles.collector else "clickhouse"
 
 
 def run_forever(settings: Settings, roles: Roles) -> None:

@@ -15,6 +15,8 @@ from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 
+from tracehouse.query_api.feed import Feed
+from tracehouse.query_api.live_routes import router as live_router
 from tracehouse.query_api.params import BadParameter
 from tracehouse.query_api.routes import NotFound, router
 from tracehouse.query_api.runs import TreeCache
@@ -29,7 +31,7 @@ def error_response(status: int, code: str, message: str) -> JSONResponse:
     return JSONResponse({"error": {"code": code, "message": message}}, status_code=status)
 
 
-def create_app(settings: Settings, store: Store) -> FastAPI:
+def create_app(settings: Settings, store: Store, feed: Feed) -> FastAPI:
     app = FastAPI(
         title="tracehouse query API",
         version="1",
@@ -74,9 +76,12 @@ def create_app(settings: Settings, store: Store) -> FastAPI:
             return JSONResponse({"status": "ready"})
         return error_response(503, "not_ready", "schema migrations are not all applied")
 
+    app.state.settings = settings
     app.state.store = store
     app.state.trees = TreeCache(settings.tree_cache_steps)
+    app.state.feed = feed
     app.include_router(router)
+    app.include_router(live_router)
     return app
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from tracehouse.schema.rows import RUN_KINDS, Status, StepKind
 
@@ -91,6 +92,17 @@ class SpanRow:
     version: str
     session_id: str
     service: str
+
+
+class Chunk(NamedTuple):
+    """A piece of text a step streamed (output or reasoning), as the client helper sent it."""
+
+    step_id: str
+    channel: str
+    text: str
+    at_ns: int
+    place: int  # its index in the stream
+    arrived_ns: int  # when it reached ClickHouse
 
 
 @dataclass(slots=True)

@@ -15,6 +15,7 @@ import orjson
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import Response
 from starlette.concurrency import run_in_threadpool
+from starlette.requests import HTTPConnection
 
 from tracehouse.query_api import models, params, views
 from tracehouse.query_api.assembly import find
@@ -46,8 +47,8 @@ def store(request: Request) -> Store:
     return request.app.state.store  # type: ignore[no-any-return]
 
 
-def project(request: Request) -> str:
-    """The caller's project: every query is confined to it."""
+def project(connection: HTTPConnection) -> str:
+    """The caller's project (of a request or a WebSocket): every query is confined to it."""
     return "default"
 
 

@@ -145,10 +145,31 @@ def run_page(
     """One page of the run list, newest first, with the status counts of the whole list."""
     keys = store.list_runs(project, f, cursor, limit)
     page = keys[:limit]
-    top = store.top_runs(project, [trace for trace, _, _, nested in page if not nested])
+    more = len(keys) > limit
+    next_cursor = (page[-1][2], page[-1][1]) if more and page else None
+    runs = _headers(store, project, page, cache)
+    return RunPage(runs, store.count_runs(project, f), next_cursor)
+
+
+# Enough for every run of a few hundred traces, sub-runs included.
+_CHANGED_LIMIT = 100_000
+
+
+def changed_runs(
+    store: Store, project: str, f: RunFilter, cache: TreeCache | None = None
+) -> list[RunHeader]:
+    """The runs of `f.traces` that the list filtered by `f` shows, newest first."""
+    keys = store.list_runs(project, f, None, _CHANGED_LIMIT)
+    return _headers(store, project, keys, cache)
+
+
+def _headers(
+    store: Store, project: str, keys: list[tuple[str, str, int, bool]], cache: TreeCache | None
+) -> list[RunHeader]:
+    top = store.top_runs(project, [trace for trace, _, _, nested in keys if not nested])
     trees: dict[str, RunTree | None] = {}
     runs = []
-    for trace, run_id, _, nested in page:
+    for trace, run_id, _, nested in keys:
         if not nested:
             runs.append(with_parent(store, project, top[trace]))
             continue
@@ -158,9 +179,7 @@ def run_page(
         found = find(whole.root, run_id) if whole else None
         if found and found[0].run:
             runs.append(found[0].run)
-    more = len(keys) > limit
-    next_cursor = (page[-1][2], page[-1][1]) if more and page else None
-    return RunPage(runs, store.count_runs(project, f), next_cursor)
+    return runs
 
 
 def run_step(

@@ -138,6 +138,7 @@ class RunFilter:
     since_ns: int | None = None
     until_ns: int | None = None
     include_subruns: bool = False
+    traces: tuple[str, ...] = ()  # only runs of these traces (the live list); empty: all
 
 
 def _where(f: RunFilter, with_status: bool) -> tuple[list[str], dict[str, Any]]:
@@ -167,6 +168,9 @@ def _where(f: RunFilter, with_status: bool) -> tuple[list[str], dict[str, Any]]:
         params["until"] = f.until_ns
     if not f.include_subruns:
         clauses.append("NOT is_sub_run")
+    if f.traces:
+        clauses.append("trace_id IN {traces:Array(String)}")
+        params["traces"] = list(f.traces)
     return clauses, params
 
 
@@ -269,4 +273,40 @@ FROM spans FINAL
 WHERE ProjectId = {project:String} AND TraceId = {trace:String} AND SpanId = {step:String}
 ORDER BY Pending
 LIMIT 1
+"""
+
+
+# Runs with rows that arrived after a moment: what the live tail announces.
+ARRIVED_SQL = """
+SELECT ProjectId, TraceId, toUnixTimestamp64Nano(max(IngestedAt))
+FROM (
+    SELECT ProjectId, TraceId, IngestedAt FROM spans
+    WHERE IngestedAt > fromUnixTimestamp64Nano({since:Int64})
+    UNION ALL
+    SELECT ProjectId, TraceId, IngestedAt FROM logs
+    WHERE IngestedAt > fromUnixTimestamp64Nano({since:Int64}) AND TraceId != ''
+)
+GROUP BY ProjectId, TraceId
+"""
+
+NOW_SQL = "SELECT toUnixTimestamp64Nano(now64(6))"
+
+# The text a run's steps streamed (the client helper's chunks), in order;
+# `since` (an arrival time) skips what a live client already has.
+CHUNKS_SQL = """
+SELECT SpanId, Channel, Body, toUnixTimestamp64Nano(Timestamp) AS at, ChunkIndex,
+    toUnixTimestamp64Nano(IngestedAt)
+FROM logs FINAL
+WHERE ProjectId = {project:String} AND TraceId = {trace:String} AND Channel != ''
+    AND IngestedAt > fromUnixTimestamp64Nano({since:Int64})
+ORDER BY at, ChunkIndex
+"""
+
+# Log records linked to one step: its events besides the span's own.
+STEP_LOGS_SQL = """
+SELECT *, toUnixTimestamp64Nano(Timestamp) AS at
+FROM logs FINAL
+WHERE ProjectId = {project:String} AND TraceId = {trace:String} AND SpanId = {step:String}
+ORDER BY at, ChunkIndex
+LIMIT 10000
 """

@@ -16,7 +16,7 @@ from clickhouse_connect.driver.exceptions import ClickHouseError
 from clickhouse_connect.driver.query import QueryResult
 
 from tracehouse.query_api import sql
-from tracehouse.query_api.assembly import Error, RunHeader, SpanRow, Tokens
+from tracehouse.query_api.assembly import Chunk, Error, RunHeader, SpanRow, Tokens
 from tracehouse.schema.clickhouse import StorageError
 from tracehouse.schema.migrations import MIGRATIONS, applied_versions
 
@@ -85,6 +85,25 @@ class Store:
         """Everything stored of one span, by column name."""
         parameters = {"project": project, "trace": trace_id, "step": step_id}
         return next(iter(self._query(sql.STEP_SQL, parameters).named_results()), None)
+
+    def now_ns(self) -> int:
+        """ClickHouse's clock, which stamps IngestedAt."""
+        return int(self._rows(sql.NOW_SQL, {})[0][0])
+
+    def arrived_since(self, since_ns: int) -> list[tuple[str, str, int]]:
+        """(project, trace, newest arrival) of every run with rows newer than `since_ns`."""
+        rows = self._rows(sql.ARRIVED_SQL, {"since": since_ns})
+        return [(str(p), str(t), int(at)) for p, t, at in rows]
+
+    def chunks(self, project: str, trace_id: str, since_ns: int = 0) -> list[Chunk]:
+        """Text streamed by the trace's steps, in order (those that arrived after `since_ns`)."""
+        parameters = {"project": project, "trace": trace_id, "since": since_ns}
+        return [Chunk(*row) for row in self._rows(sql.CHUNKS_SQL, parameters)]
+
+    def step_logs(self, project: str, trace_id: str, step_id: str) -> list[dict[str, Any]]:
+        """Log records linked to one step, by column name, in time order."""
+        parameters = {"project": project, "trace": trace_id, "step": step_id}
+        return list(self._query(sql.STEP_LOGS_SQL, parameters).named_results())
 
     def trace_rows(self, project: str, trace_id: str) -> list[SpanRow]:
         """The trace's steps, each once: a pending span only until its span arrives."""
