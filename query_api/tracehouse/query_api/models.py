@@ -119,9 +119,13 @@ class Scope(Model):
 
 
 class Event(Model):
+    """A span event, or a log record linked to the step (those have a `body`)."""
+
     name: str
     time: str | None
     attributes: dict[str, Any]
+    body: Any = Field(None, description="A log record's body; absent for span events.")
+    severity: str | None = Field(None, description="A log record's severity text.")
 
 
 class Link(Model):
@@ -145,6 +149,10 @@ class StepDetail(Step):
     scope: Scope
     events: list[Event]
     links: list[Link]
+    streams: dict[str, str] = Field(
+        description="Text the step streamed, by channel (`output`, `reasoning`): what a live "
+        "client saw arrive as output_delta messages."
+    )
 
 
 class Quantiles(Model):

@@ -182,13 +182,21 @@ def _headers(
     return runs
 
 
+class StepRecord(NamedTuple):
+    step: Step
+    row: dict[str, Any]  # the stored span, by column
+    logs: list[dict[str, Any]]  # log records linked to it
+
+
 def run_step(
     store: Store, project: str, run_id: str, step_id: str, cache: TreeCache | None = None
-) -> tuple[Step, dict[str, Any]] | None:
+) -> StepRecord | None:
     """A step of a run (its own, or of a sub-run below it) and everything stored of it."""
     tree = run_tree(store, project, run_id, cache)
     found = find(tree.root, step_id) if tree else None
     if tree is None or found is None:
         return None
     row = store.step(project, tree.run.trace_id, step_id)
-    return (found[0], row) if row else None
+    if row is None:
+        return None
+    return StepRecord(found[0], row, store.step_logs(project, tree.run.trace_id, step_id))

@@ -15,7 +15,7 @@ from typing import Any
 import orjson
 
 from tracehouse.query_api.assembly import Error, RunHeader, Step, Tokens, ended_ns
-from tracehouse.schema.rows import StepKind, decode_attributes
+from tracehouse.schema.rows import StepKind, decode_attributes, decode_value
 
 # JSON nests two levels per tree level; deeper trees are cut here and read
 # on with `?from=<step_id>`.
@@ -139,9 +139,20 @@ def _attributes(values: dict[str, str], types: dict[str, str], scope: str) -> di
     return {k: _jsonable(v) for k, v in decode_attributes(values, types, scope).items()}
 
 
-def step_detail_view(step: Step, row: dict[str, Any]) -> dict[str, Any]:
-    """One step in full: its Step fields and everything stored of the span."""
+def step_detail_view(step: Step, row: dict[str, Any], logs: list[dict[str, Any]]) -> dict[str, Any]:
+    """One step in full: its Step fields, everything stored of the span, and its log records.
+
+    Streamed chunks are joined into `streams`; other linked log records
+    join the span's events, in time order.
+    """
     types = row["AttributeTypes"]
+    streams: dict[str, str] = {}
+    log_events = []
+    for record in logs:
+        if record["Channel"]:
+            streams[record["Channel"]] = streams.get(record["Channel"], "") + record["Body"]
+        else:
+            log_events.append((record["at"], _log_event(record)))
     is_tool = row["StepKind"] == StepKind.TOOL
     inputs = ("args", "result") if is_tool else ("input", "output")
     view = _step(step, 0)
@@ -165,12 +176,7 @@ def step_detail_view(step: Step, row: dict[str, Any]) -> dict[str, Any]:
             "version": row["ScopeVersion"],
             "attributes": _attributes(row["ScopeAttributes"], types, "c"),
         },
-        "events": [
-            {"name": name, "time": rfc3339(ns), "attributes": _attributes(attrs, types, f"e{i}")}
-            for i, (name, ns, attrs) in enumerate(
-                zip(row["Events.Name"], row["event_ns"], row["Events.Attributes"], strict=True)
-            )
-        ],
+        "events": [event for _, event in sorted(_span_events(row) + log_events, key=_first)],
         "links": [
             {
                 "trace_id": trace,
@@ -188,8 +194,35 @@ def step_detail_view(step: Step, row: dict[str, Any]) -> dict[str, Any]:
                 )
             )
         ],
+        "streams": streams,
     }
     return view
+
+
+def _first(pair: tuple[int, Any]) -> int:
+    return pair[0]
+
+
+def _span_events(row: dict[str, Any]) -> list[tuple[int, dict[str, Any]]]:
+    types = row["AttributeTypes"]
+    events = zip(row["Events.Name"], row["event_ns"], row["Events.Attributes"], strict=True)
+    return [
+        (ns, {"name": name, "time": rfc3339(ns), "attributes": _attributes(attrs, types, f"e{i}")})
+        for i, (name, ns, attrs) in enumerate(events)
+    ]
+
+
+def _log_event(record: dict[str, Any]) -> dict[str, Any]:
+    types = record["AttributeTypes"]
+    body_type = types.get("b.body")
+    body = decode_value(record["Body"], body_type) if body_type else _value(record["Body"])
+    return {
+        "name": record["EventName"] or "log",
+        "time": rfc3339(record["at"]),
+        "attributes": _attributes(record["LogAttributes"], types, "s"),
+        "body": _jsonable(body),
+        "severity": record["SeverityText"] or None,
+    }
 
 
 _STATUS_KEYS = ("running", "completed", "failed", "cancelled")
