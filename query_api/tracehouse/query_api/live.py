@@ -55,7 +55,7 @@ class RunSession:
         self._status = {s.step_id: s.row.status for s in steps}
         ids = set(self._status) | {tree.root.step_id}
         streams: dict[str, dict[str, str]] = {}
-        for chunk in self._new(chunks, ids):
+        for chunk in sorted(self._new(chunks, ids), key=lambda c: (c.place, c.at_ns)):
             channels = streams.setdefault(chunk.step_id, {})
             channels[chunk.channel] = channels.get(chunk.channel, "") + chunk.text
         snapshot = {

@@ -302,11 +302,12 @@ WHERE ProjectId = {project:String} AND TraceId = {trace:String} AND Channel != '
 ORDER BY at, ChunkIndex
 """
 
-# Log records linked to one step: its events besides the span's own.
+# Log records linked to one step: its events besides the span's own, and its
+# chunks in stream order.
 STEP_LOGS_SQL = """
 SELECT *, toUnixTimestamp64Nano(Timestamp) AS at
 FROM logs FINAL
 WHERE ProjectId = {project:String} AND TraceId = {trace:String} AND SpanId = {step:String}
-ORDER BY at, ChunkIndex
+ORDER BY ChunkIndex, at
 LIMIT 10000
 """
