@@ -51,7 +51,7 @@ def log_rows(request: otlp_logs.ExportLogsServiceRequest, project_id: str) -> Ro
                 values = (
                     project_id, min(record.time_unix_nano, INT64_MAX) or observed, observed,
                     record.trace_id.hex(), span_id, record.flags, record.severity_text,
-                    min(record.severity_number, 255), service, body, record.event_name,
+                    min(record.severity_number, 255), body, record.event_name, service,
                     resource, resource_logs.schema_url, scope.name, scope.version,
                     scope_attributes, scope_logs.schema_url, attributes, types,
                     record.dropped_attributes_count,

@@ -51,6 +51,17 @@ class ValueType(enum.StrEnum):
 
 ZSTD = "ZSTD(1)"
 
+# Where a span or log record comes from: its resource and scope.
+ORIGIN_COLUMNS: tuple[Column, ...] = (
+    Column("ServiceName", "LowCardinality(String)"),
+    Column("ResourceAttributes", "Map(LowCardinality(String), String)", codec=ZSTD),
+    Column("ResourceSchemaUrl", "LowCardinality(String)"),
+    Column("ScopeName", "LowCardinality(String)"),
+    Column("ScopeVersion", "LowCardinality(String)"),
+    Column("ScopeAttributes", "Map(LowCardinality(String), String)", codec=ZSTD),
+    Column("ScopeSchemaUrl", "LowCardinality(String)"),
+)
+
 SPAN_COLUMNS: tuple[Column, ...] = (
     Column("ProjectId", "LowCardinality(String)"),
     Column("Timestamp", "DateTime64(9)", codec="Delta, ZSTD(1)"),
@@ -60,13 +71,7 @@ SPAN_COLUMNS: tuple[Column, ...] = (
     Column("TraceState", "String"),
     Column("SpanName", "LowCardinality(String)"),
     Column("SpanKind", "LowCardinality(String)"),
-    Column("ServiceName", "LowCardinality(String)"),
-    Column("ResourceAttributes", "Map(LowCardinality(String), String)", codec=ZSTD),
-    Column("ResourceSchemaUrl", "LowCardinality(String)"),
-    Column("ScopeName", "LowCardinality(String)"),
-    Column("ScopeVersion", "LowCardinality(String)"),
-    Column("ScopeAttributes", "Map(LowCardinality(String), String)", codec=ZSTD),
-    Column("ScopeSchemaUrl", "LowCardinality(String)"),
+    *ORIGIN_COLUMNS,
     Column("SpanAttributes", "Map(LowCardinality(String), String)", codec=ZSTD),
     Column("AttributeTypes", "Map(LowCardinality(String), LowCardinality(String))", codec=ZSTD),
     Column("Duration", "UInt64", codec=ZSTD),
@@ -140,15 +145,9 @@ LOG_COLUMNS: tuple[Column, ...] = (
     Column("TraceFlags", "UInt32"),
     Column("SeverityText", "LowCardinality(String)"),
     Column("SeverityNumber", "UInt8"),
-    Column("ServiceName", "LowCardinality(String)"),
     Column("Body", "String", codec="ZSTD(3)"),
     Column("EventName", "LowCardinality(String)"),
-    Column("ResourceAttributes", "Map(LowCardinality(String), String)", codec=ZSTD),
-    Column("ResourceSchemaUrl", "LowCardinality(String)"),
-    Column("ScopeName", "LowCardinality(String)"),
-    Column("ScopeVersion", "LowCardinality(String)"),
-    Column("ScopeAttributes", "Map(LowCardinality(String), String)", codec=ZSTD),
-    Column("ScopeSchemaUrl", "LowCardinality(String)"),
+    *ORIGIN_COLUMNS,
     Column("LogAttributes", "Map(LowCardinality(String), String)", codec=ZSTD),
     # As for spans; the body's own type, when not a string, is under `b`.
     Column("AttributeTypes", "Map(LowCardinality(String), LowCardinality(String))", codec=ZSTD),
