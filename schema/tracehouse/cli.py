@@ -14,6 +14,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from tracehouse.keys import KeyConfigError
 from tracehouse.schema.clickhouse import StorageError
 from tracehouse.settings import Settings
 
@@ -26,7 +27,11 @@ _STORAGE_FLAGS = (
     ("--retention-days", "retention_days", int, "days spans are kept, 0 for ever (30)"),
     ("--log-level", "log_level", str, "debug, info, warning or error (info)"),
 )  # fmt: skip
-_HOST_FLAG = (("--host", "host", str, "address to listen on (127.0.0.1)"),)
+_HOST_FLAG = (
+    ("--host", "host", str, "address to listen on (127.0.0.1)"),
+    ("--api-keys-file", "api_keys_file", str,
+     "API keys, one `KEY PROJECT [ingest|read]` a line (none: no keys asked for)"),
+)  # fmt: skip
 _COLLECTOR_FLAGS = (
     ("--grpc-port", "grpc_port", int, "OTLP/gRPC port (4317)"),
     ("--http-port", "http_port", int, "OTLP/HTTP port (4318)"),
@@ -75,6 +80,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 0
         roles = Roles(collector=args.command != "query-api", query_api=args.command != "collector")
         run_forever(settings, roles)
+    except KeyConfigError as exc:
+        log.error("%s", exc)
+        return 2
     except StorageError as exc:
         hint = ""
         if settings.embedded:

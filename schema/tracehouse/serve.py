@@ -15,6 +15,7 @@ from collections.abc import Callable
 from contextlib import AsyncExitStack, closing
 from dataclasses import dataclass
 
+from tracehouse.keys import ApiKeys
 from tracehouse.listeners import HttpListener
 from tracehouse.schema.clickhouse import open_client, redact
 from tracehouse.schema.ddl import SINGLE_NODE
@@ -62,6 +63,8 @@ async def serve(
     if applied:
         log.info("schema migrated to version %d", max(applied))
     transport = live_transport(settings, roles)
+    keys = ApiKeys.load(settings.api_keys_file, settings.api_keys)
+    log.info("API keys: %s", "required" if keys.enabled else "none configured (project default)")
     async with AsyncExitStack() as stack:
         ports = Ports()
         feed = await stack.enter_async_context(Feed())
@@ -70,7 +73,9 @@ async def serve(
             # runs one query at a time, and a long read must not stall ingest.
             write_client = stack.enter_context(closing(open_client(settings.dsn)))
             announce = feed.announce if transport == "process" else None
-            collector = await stack.enter_async_context(Collector(settings, write_client, announce))
+            collector = await stack.enter_async_context(
+                Collector(settings, write_client, keys, announce)
+            )
             ports = Ports(grpc=collector.grpc_port, http=collector.http_port)
         if roles.query_api:
             read_client = stack.enter_context(closing(open_client(settings.dsn)))
@@ -80,7 +85,9 @@ async def serve(
                 tail = ClickHouseTail(Store(tail_client), feed, settings.live_poll_ms / 1000)
                 await stack.enter_async_context(tail)
             api = await stack.enter_async_context(
-                HttpListener(create_app(settings, store, feed), settings.host, settings.api_port)
+                HttpListener(
+                    create_app(settings, store, feed, keys), settings.host, settings.api_port
+                )
             )
             ports = Ports(ports.grpc, ports.http, api.port)
             log.info("query API listening on http://%s:%d/api/v1", settings.host, api.port)

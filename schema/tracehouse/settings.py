@@ -66,6 +66,15 @@ class Settings(BaseSettings):
     live_buffer_messages: int = Field(
         1000, gt=0, description="Messages a WebSocket client may fall behind before it is dropped."
     )
+    api_keys_file: Path | None = Field(
+        None, description="API keys, one `KEY PROJECT [ingest|read]` a line. None: no keys."
+    )
+    api_keys: str = Field(
+        "", repr=False, description="API keys as `KEY=PROJECT[:ingest|:read],...`."
+    )
+    cors_origins: str = Field(
+        "", description="Origins (comma-separated, or `*`) the query API answers from browsers."
+    )
     log_level: str = Field("info", pattern="^(debug|info|warning|error)$")
 
     @model_validator(mode="after")

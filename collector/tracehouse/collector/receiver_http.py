@@ -25,13 +25,14 @@ from tracehouse.collector.decode import (
 )
 from tracehouse.collector.pipeline import Format, Pipeline
 from tracehouse.collector.receiver_grpc import export_response
+from tracehouse.keys import ApiKeys, Forbidden, Unauthorized, Use
 
 RETRY_AFTER_SECONDS = 1
 
 _MEDIA_TYPES = {"application/x-protobuf": Format.PROTOBUF, "application/json": Format.JSON}
 
 
-def create_otlp_app(pipeline: Pipeline, max_message_bytes: int) -> Starlette:
+def create_otlp_app(pipeline: Pipeline, keys: ApiKeys, max_message_bytes: int) -> Starlette:
     async def export(request: Request, signal: Signal) -> Response:
         media_type = request.headers.get("content-type", "").partition(";")[0].strip().lower()
         fmt = _MEDIA_TYPES.get(media_type)
@@ -42,10 +43,21 @@ def create_otlp_app(pipeline: Pipeline, max_message_bytes: int) -> Starlette:
             )
             return _status(Format.JSON, 415, code_pb2.INVALID_ARGUMENT, message)
         try:
+            project = keys.project(Use.INGEST, request.headers.get)
             body = await _read_body(request, max_message_bytes)
             result = await pipeline.export(
-                body, fmt, signal=signal, encoding=request.headers.get("content-encoding", "")
+                body,
+                fmt,
+                signal=signal,
+                encoding=request.headers.get("content-encoding", ""),
+                project_id=project,
             )
+        except Unauthorized as exc:
+            response = _status(fmt, 401, code_pb2.UNAUTHENTICATED, str(exc))
+            response.headers["WWW-Authenticate"] = "Bearer"
+            return response
+        except Forbidden as exc:
+            return _status(fmt, 403, code_pb2.PERMISSION_DENIED, str(exc))
         except PayloadTooLarge as exc:
             return _status(fmt, 413, code_pb2.INVALID_ARGUMENT, str(exc))
         except UnsupportedEncoding as exc:

@@ -23,6 +23,7 @@ from tracehouse.collector.pipeline import Limits, Pipeline
 from tracehouse.collector.receiver_grpc import GrpcReceiver
 from tracehouse.collector.receiver_http import create_otlp_app
 from tracehouse.collector.writer import TableWriter, log_writer, span_writer
+from tracehouse.keys import ApiKeys
 from tracehouse.listeners import HttpListener
 from tracehouse.schema.rows import WRITTEN_LOG_COLUMNS, WRITTEN_SPAN_COLUMNS
 from tracehouse.settings import Settings
@@ -33,9 +34,16 @@ Announce = Callable[[Iterable[tuple[str, str]]], None]
 
 
 class Collector:
-    def __init__(self, settings: Settings, client: Client, announce: Announce | None = None):
+    def __init__(
+        self,
+        settings: Settings,
+        client: Client,
+        keys: ApiKeys,
+        announce: Announce | None = None,
+    ) -> None:
         self._settings = settings
         self._client = client
+        self._keys = keys
         self._announce = announce
         self._stack = AsyncExitStack()
         self.grpc_port = 0
@@ -56,10 +64,12 @@ class Collector:
             limits = Limits(s.max_decompressed_bytes, s.max_value_bytes)
             pipeline = Pipeline(batchers, executor, limits)
             grpc = await stack.enter_async_context(
-                GrpcReceiver(pipeline, s.host, s.grpc_port, s.max_message_bytes)
+                GrpcReceiver(pipeline, self._keys, s.host, s.grpc_port, s.max_message_bytes)
             )
             http = await stack.enter_async_context(
-                HttpListener(create_otlp_app(pipeline, s.max_message_bytes), s.host, s.http_port)
+                HttpListener(
+                    create_otlp_app(pipeline, self._keys, s.max_message_bytes), s.host, s.http_port
+                )
             )
             self.grpc_port, self.http_port = grpc.port, http.port
             log.info("OTLP/gRPC listening on %s:%d", s.host, grpc.port)

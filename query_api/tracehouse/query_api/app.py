@@ -15,6 +15,7 @@ from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 
+from tracehouse.keys import ApiKeys, Forbidden, Unauthorized
 from tracehouse.query_api.feed import Feed
 from tracehouse.query_api.live_routes import router as live_router
 from tracehouse.query_api.params import BadParameter
@@ -31,7 +32,9 @@ def error_response(status: int, code: str, message: str) -> JSONResponse:
     return JSONResponse({"error": {"code": code, "message": message}}, status_code=status)
 
 
-def create_app(settings: Settings, store: Store, feed: Feed) -> FastAPI:
+def create_app(
+    settings: Settings, store: Store, feed: Feed, keys: ApiKeys | None = None
+) -> FastAPI:
     app = FastAPI(
         title="tracehouse query API",
         version="1",
@@ -48,6 +51,16 @@ def create_app(settings: Settings, store: Store, feed: Feed) -> FastAPI:
         first = exc.errors()[0] if exc.errors() else {}
         where = ".".join(str(p) for p in first.get("loc", ()))
         return error_response(422, "invalid_request", f"{where}: {first.get('msg', 'invalid')}")
+
+    @app.exception_handler(Unauthorized)
+    async def unauthorized(request: Request, exc: Unauthorized) -> JSONResponse:
+        response = error_response(401, "unauthorized", str(exc))
+        response.headers["WWW-Authenticate"] = "Bearer"
+        return response
+
+    @app.exception_handler(Forbidden)
+    async def forbidden(request: Request, exc: Forbidden) -> JSONResponse:
+        return error_response(403, "forbidden", str(exc))
 
     @app.exception_handler(NotFound)
     async def not_found(request: Request, exc: NotFound) -> JSONResponse:
@@ -80,6 +93,7 @@ def create_app(settings: Settings, store: Store, feed: Feed) -> FastAPI:
     app.state.store = store
     app.state.trees = TreeCache(settings.tree_cache_steps)
     app.state.feed = feed
+    app.state.keys = keys or ApiKeys({})
     app.include_router(router)
     app.include_router(live_router)
     return app

@@ -17,6 +17,7 @@ from fastapi.responses import Response
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import HTTPConnection
 
+from tracehouse.keys import ApiKeys, Use
 from tracehouse.query_api import models, params, views
 from tracehouse.query_api.assembly import find
 from tracehouse.query_api.runs import TreeCache, run_page, run_step, run_tree
@@ -30,8 +31,9 @@ class NotFound(Exception):
 
 ERRORS: dict[int | str, dict[str, Any]] = {
     code: {"model": models.ErrorEnvelope, "description": text}
-    for code, text in ((404, "No such run or step"), (422, "A parameter is invalid"),
-                       (503, "ClickHouse is unavailable"))
+    for code, text in ((401, "No API key, or an unknown one (when keys are configured)"),
+                       (403, "This API key may not read"), (404, "No such run or step"),
+                       (422, "A parameter is invalid"), (503, "ClickHouse is unavailable"))
 }  # fmt: skip
 
 Text = Annotated[str | None, Query(max_length=1024)]
@@ -48,8 +50,20 @@ def store(request: Request) -> Store:
 
 
 def project(connection: HTTPConnection) -> str:
-    """The caller's project (of a request or a WebSocket): every query is confined to it."""
-    return "default"
+    """The caller's project (of a request or a WebSocket): every query is confined to it.
+
+    Browsers cannot set headers on a WebSocket, so there the key may also
+    come as `?api_key=`.
+    """
+    keys: ApiKeys = connection.app.state.keys
+
+    def header(name: str) -> str | None:
+        value = connection.headers.get(name)
+        if value is None and name == "x-api-key" and connection.scope["type"] == "websocket":
+            return connection.query_params.get("api_key")
+        return value
+
+    return keys.project(Use.READ, header)
 
 
 def trees(request: Request) -> TreeCache:
