@@ -122,9 +122,6 @@ def from_json(body: bytes, signal: Signal) -> Decoded:
     return Decoded(request, rejected, error)
 
 
-_NOT_OTLP_JSON = "body is not valid OTLP/JSON"
-
-
 def _check_shapes(document: dict[str, Any], descriptor: Descriptor) -> None:
     """Refuse a non-object where a message belongs, or a non-list where a repeated one does.
 
@@ -132,6 +129,7 @@ def _check_shapes(document: dict[str, Any], descriptor: Descriptor) -> None:
     would read `"status": "ERROR"` as an object with unknown fields and
     silently drop it.
     """
+    not_otlp = f"body is not a valid OTLP/JSON {descriptor.name}"
     stack = [(document, descriptor, descriptor.name)]
     while stack:
         node, message, path = stack.pop()
@@ -142,10 +140,10 @@ def _check_shapes(document: dict[str, Any], descriptor: Descriptor) -> None:
             where = f"{path}.{key}"
             items = value if field.is_repeated else [value]
             if field.is_repeated and not isinstance(value, list):
-                raise DecodeError(f"{_NOT_OTLP_JSON}: {where} must be a JSON array")
+                raise DecodeError(f"{not_otlp}: {where} must be a JSON array")
             for item in items:
                 if not isinstance(item, dict):
-                    raise DecodeError(f"{_NOT_OTLP_JSON}: {where} must be made of JSON objects")
+                    raise DecodeError(f"{not_otlp}: {where} must be made of JSON objects")
                 stack.append((item, field.message_type, where))
 
 

@@ -1,7 +1,8 @@
-"""One export through the write path: decode → rows → batcher → written.
+"""One export through the write path: authorise → decode → rows → batcher → written.
 
-Both receivers hand their bytes here, for either signal (traces or logs),
-and turn what comes back (or what is raised) into their protocol's answer.
+Both receivers hand their bytes (and a way to read the request's headers)
+here, for either signal (traces or logs), and turn what comes back (or what
+is raised) into their protocol's answer; every outcome is counted here.
 Decoding runs on worker threads so a 16 MiB request never stalls the event
 loop that serves every other client.
 """
@@ -10,15 +11,26 @@ from __future__ import annotations
 
 import asyncio
 import enum
+from collections.abc import Callable
 from collections.abc import Mapping as MappingOf
 from concurrent.futures import Executor
 from dataclasses import dataclass, replace
 
-from tracehouse.collector.batcher import Batcher, Rows
-from tracehouse.collector.decode import Signal, decompress, from_json, from_protobuf
+from tracehouse.collector.batcher import Batcher, Overloaded, Rows, WriteFailed
+from tracehouse.collector.decode import (
+    DecodeError,
+    PayloadTooLarge,
+    Signal,
+    UnsupportedEncoding,
+    decompress,
+    from_json,
+    from_protobuf,
+)
 from tracehouse.collector.logs import log_rows
 from tracehouse.collector.pricing import price
 from tracehouse.collector.spans import Mapping, span_rows
+from tracehouse.keys import ApiKeys, Forbidden, Unauthorized, Use
+from tracehouse.metrics import EXPORTS, ITEMS
 
 
 class Format(enum.Enum):
@@ -63,26 +75,52 @@ def decode_export(
 
 class Pipeline:
     def __init__(
-        self, batchers: MappingOf[Signal, Batcher], executor: Executor, limits: Limits
+        self,
+        batchers: MappingOf[Signal, Batcher],
+        executor: Executor,
+        limits: Limits,
+        keys: ApiKeys,
     ) -> None:
         self._batchers = batchers
         self._executor = executor
         self._limits = limits
+        self._keys = keys
 
     async def export(
         self,
         body: bytes,
         fmt: Format,
+        header: Callable[[str], str | None],
         *,
         signal: Signal = Signal.TRACES,
         encoding: str = "",
-        project_id: str = "default",
     ) -> ExportResult:
-        """Store an export; returns once its rows are written.
+        """Store an export in its caller's project; returns once its rows are written.
 
-        Raises `DecodeError` (and subclasses) for bad payloads, and the
-        batcher's `Overloaded` / `WriteFailed` when the client should retry.
+        Raises `Unauthorized` / `Forbidden` for a missing or wrong key,
+        `DecodeError` (and subclasses) for bad payloads, and the batcher's
+        `Overloaded` / `WriteFailed` when the client should retry.
         """
+        try:
+            result = await self._export(body, fmt, header, signal, encoding)
+        except Exception as exc:
+            EXPORTS.labels(signal.name.lower(), _OUTCOMES.get(type(exc), "invalid")).inc()
+            raise
+        name = signal.name.lower()
+        EXPORTS.labels(name, "partial" if result.rejected else "ok").inc()
+        ITEMS.labels(name, "accepted").inc(result.accepted)
+        ITEMS.labels(name, "rejected").inc(result.rejected)
+        return result
+
+    async def _export(
+        self,
+        body: bytes,
+        fmt: Format,
+        header: Callable[[str], str | None],
+        signal: Signal,
+        encoding: str,
+    ) -> ExportResult:
+        project_id = self._keys.project(Use.INGEST, header)
         batcher = self._batchers[signal]
         batcher.check_capacity()
         rows = await asyncio.get_running_loop().run_in_executor(
@@ -91,3 +129,14 @@ class Pipeline:
         if rows.count:
             await batcher.submit(rows)
         return ExportResult(rows.count, rows.rejected, rows.error)
+
+
+_OUTCOMES: dict[type[Exception], str] = {
+    Unauthorized: "unauthorized",
+    Forbidden: "forbidden",
+    PayloadTooLarge: "too_large",
+    UnsupportedEncoding: "unsupported",
+    DecodeError: "invalid",
+    Overloaded: "overloaded",
+    WriteFailed: "write_failed",
+}

@@ -23,7 +23,7 @@ from opentelemetry.proto.collector.trace.v1 import trace_service_pb2 as otlp_tra
 from tracehouse.collector.batcher import Overloaded, WriteFailed
 from tracehouse.collector.decode import DecodeError, Signal
 from tracehouse.collector.pipeline import ExportResult, Format, Pipeline
-from tracehouse.keys import ApiKeys, Forbidden, Unauthorized, Use
+from tracehouse.keys import Forbidden, Unauthorized
 
 log = logging.getLogger(__name__)
 
@@ -49,11 +49,8 @@ def export_response(result: ExportResult, signal: Signal) -> Message:
 
 
 class GrpcReceiver:
-    def __init__(
-        self, pipeline: Pipeline, keys: ApiKeys, host: str, port: int, max_message_bytes: int
-    ) -> None:
+    def __init__(self, pipeline: Pipeline, host: str, port: int, max_message_bytes: int) -> None:
         self._pipeline = pipeline
-        self._keys = keys
         self._address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
         self._server = grpc.aio.server(
             options=[
@@ -94,9 +91,8 @@ class GrpcReceiver:
         async def export(request: bytes, context: Context) -> bytes:
             metadata = dict(context.invocation_metadata() or ())
             try:
-                project = self._keys.project(Use.INGEST, metadata.get)
                 result = await self._pipeline.export(
-                    request, Format.PROTOBUF, signal=signal, project_id=project
+                    request, Format.PROTOBUF, metadata.get, signal=signal
                 )
             except Unauthorized as exc:
                 await context.abort(grpc.StatusCode.UNAUTHENTICATED, str(exc))

@@ -25,14 +25,15 @@ from tracehouse.collector.decode import (
 )
 from tracehouse.collector.pipeline import Format, Pipeline
 from tracehouse.collector.receiver_grpc import export_response
-from tracehouse.keys import ApiKeys, Forbidden, Unauthorized, Use
+from tracehouse.keys import Forbidden, Unauthorized
+from tracehouse.metrics import metrics_endpoint
 
 RETRY_AFTER_SECONDS = 1
 
 _MEDIA_TYPES = {"application/x-protobuf": Format.PROTOBUF, "application/json": Format.JSON}
 
 
-def create_otlp_app(pipeline: Pipeline, keys: ApiKeys, max_message_bytes: int) -> Starlette:
+def create_otlp_app(pipeline: Pipeline, max_message_bytes: int) -> Starlette:
     async def export(request: Request, signal: Signal) -> Response:
         media_type = request.headers.get("content-type", "").partition(";")[0].strip().lower()
         fmt = _MEDIA_TYPES.get(media_type)
@@ -43,14 +44,13 @@ def create_otlp_app(pipeline: Pipeline, keys: ApiKeys, max_message_bytes: int) -
             )
             return _status(Format.JSON, 415, code_pb2.INVALID_ARGUMENT, message)
         try:
-            project = keys.project(Use.INGEST, request.headers.get)
             body = await _read_body(request, max_message_bytes)
             result = await pipeline.export(
                 body,
                 fmt,
+                request.headers.get,
                 signal=signal,
                 encoding=request.headers.get("content-encoding", ""),
-                project_id=project,
             )
         except Unauthorized as exc:
             response = _status(fmt, 401, code_pb2.UNAUTHENTICATED, str(exc))
@@ -84,6 +84,7 @@ def create_otlp_app(pipeline: Pipeline, keys: ApiKeys, max_message_bytes: int) -
             Route("/v1/traces", traces, methods=["POST"]),
             Route("/v1/logs", logs, methods=["POST"]),
             Route("/healthz", healthz),
+            Route("/metrics", metrics_endpoint),
         ]
     )
 

@@ -13,6 +13,7 @@ import logging
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import AsyncExitStack
+from functools import partial
 from types import TracebackType
 
 from clickhouse_connect.driver.client import Client
@@ -25,12 +26,17 @@ from tracehouse.collector.receiver_http import create_otlp_app
 from tracehouse.collector.writer import TableWriter, log_writer, span_writer
 from tracehouse.keys import ApiKeys
 from tracehouse.listeners import HttpListener
+from tracehouse.metrics import QUEUED
 from tracehouse.schema.rows import WRITTEN_LOG_COLUMNS, WRITTEN_SPAN_COLUMNS
 from tracehouse.settings import Settings
 
 log = logging.getLogger(__name__)
 
 Announce = Callable[[Iterable[tuple[str, str]]], None]
+
+
+def _held(batcher: Batcher) -> float:
+    return batcher.held
 
 
 class Collector:
@@ -62,14 +68,14 @@ class Collector:
             }
             executor = stack.enter_context(ThreadPoolExecutor(2, thread_name_prefix="decode"))
             limits = Limits(s.max_decompressed_bytes, s.max_value_bytes)
-            pipeline = Pipeline(batchers, executor, limits)
+            pipeline = Pipeline(batchers, executor, limits, self._keys)
+            for signal, batcher in batchers.items():
+                QUEUED.labels(signal.name.lower()).set_function(partial(_held, batcher))
             grpc = await stack.enter_async_context(
-                GrpcReceiver(pipeline, self._keys, s.host, s.grpc_port, s.max_message_bytes)
+                GrpcReceiver(pipeline, s.host, s.grpc_port, s.max_message_bytes)
             )
             http = await stack.enter_async_context(
-                HttpListener(
-                    create_otlp_app(pipeline, self._keys, s.max_message_bytes), s.host, s.http_port
-                )
+                HttpListener(create_otlp_app(pipeline, s.max_message_bytes), s.host, s.http_port)
             )
             self.grpc_port, self.http_port = grpc.port, http.port
             log.info("OTLP/gRPC listening on %s:%d", s.host, grpc.port)

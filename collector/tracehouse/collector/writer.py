@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable, Sequence
 
 from clickhouse_connect.driver.client import Client
 from clickhouse_connect.driver.exceptions import ClickHouseError
 
 from tracehouse.collector.batcher import Rows
+from tracehouse.metrics import BATCH_ROWS, WRITE_SECONDS
 from tracehouse.schema.clickhouse import StorageError
 from tracehouse.schema.rows import (
     LOGS_TABLE,
@@ -51,6 +53,7 @@ class TableWriter:
     def write(self, rows: Rows) -> None:
         """Insert the rows; blocking, so call it from a worker thread."""
         self._context.data = list(rows.columns)
+        started = time.perf_counter()
         try:
             self._client.insert(context=self._context)
         except (ClickHouseError, OSError) as exc:
@@ -58,6 +61,8 @@ class TableWriter:
             raise StorageError(message) from exc
         finally:
             self._context.data = None
+        WRITE_SECONDS.labels(self._table).observe(time.perf_counter() - started)
+        BATCH_ROWS.labels(self._table).observe(rows.count)
         if self._on_written:
             self._on_written(rows)
 

@@ -11,11 +11,13 @@ import logging
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 
 from tracehouse.keys import ApiKeys, Forbidden, Unauthorized
+from tracehouse.metrics import metrics_endpoint
 from tracehouse.query_api.feed import Feed
 from tracehouse.query_api.live_routes import router as live_router
 from tracehouse.query_api.params import BadParameter
@@ -83,6 +85,8 @@ def create_app(
     async def healthz() -> dict[str, str]:
         return {"status": "ok"}
 
+    app.add_route("/metrics", metrics_endpoint, include_in_schema=False)
+
     @app.get("/readyz", summary="ClickHouse answers and the schema is current")
     async def readyz() -> JSONResponse:
         if await run_in_threadpool(store.ready):
@@ -96,6 +100,14 @@ def create_app(
     app.state.keys = keys or ApiKeys({})
     app.include_router(router)
     app.include_router(live_router)
+    if origins := [o.strip() for o in settings.cors_origins.split(",") if o.strip()]:
+        # Closed unless configured: reads are only for the origins named.
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=origins,
+            allow_methods=["GET"],
+            allow_headers=["Authorization", "X-Api-Key"],
+        )
     return app
 
 

@@ -21,6 +21,7 @@ from fastapi import APIRouter, WebSocket
 from starlette.concurrency import run_in_threadpool
 from starlette.websockets import WebSocketDisconnect, WebSocketState
 
+from tracehouse.metrics import WEBSOCKETS, WEBSOCKETS_DROPPED
 from tracehouse.query_api import params
 from tracehouse.query_api.feed import Feed
 from tracehouse.query_api.live import ListSession, Message, RunSession
@@ -61,9 +62,16 @@ class Outbox:
             await self._ws.send_bytes(orjson.dumps(message))
 
 
-async def _serve(ws: WebSocket, watch: Callable[[Outbox], Awaitable[None]]) -> None:
+async def _serve(ws: WebSocket, kind: str, watch: Callable[[Outbox], Awaitable[None]]) -> None:
     """Run `watch` and the sender until the watch ends, the client leaves or falls behind."""
     outbox = Outbox(ws, ws.app.state.settings.live_buffer_messages)
+    with WEBSOCKETS.labels(kind).track_inprogress():
+        await _until_done(ws, outbox, watch)
+
+
+async def _until_done(
+    ws: WebSocket, outbox: Outbox, watch: Callable[[Outbox], Awaitable[None]]
+) -> None:
 
     async def watching() -> None:
         await watch(outbox)
@@ -85,6 +93,7 @@ async def _serve(ws: WebSocket, watch: Callable[[Outbox], Awaitable[None]]) -> N
         results = await asyncio.gather(*tasks, return_exceptions=True)
     if ws.client_state is WebSocketState.CONNECTED:
         if outbox.overflowed:
+            WEBSOCKETS_DROPPED.inc()
             await ws.close(TOO_SLOW, "client too slow: fell too far behind, reconnect")
         else:
             await ws.close()
@@ -124,7 +133,7 @@ async def live_run(ws: WebSocket, run_id: str, project: ProjectDep) -> None:
                 if tree is None or not outbox.put(session.changes(tree, chunks)):
                     return
 
-    await _serve(ws, watch)
+    await _serve(ws, "run", watch)
 
 
 async def _read_run(
@@ -154,4 +163,4 @@ async def live_list(ws: WebSocket, project: ProjectDep, f: FilterDep) -> None:
                 if not outbox.put(session.changes(runs)):
                     return
 
-    await _serve(ws, watch)
+    await _serve(ws, "list", watch)

@@ -91,10 +91,15 @@ SPANS = Table(
 LOGS = Table(
     name=LOGS_TABLE,
     columns=LOG_COLUMNS,
-    # Log records have no id: a record is its span, time, chunk place and
-    # body, and a retried export collapses into the first.
+    # Log records have no id: a record is its span, time, chunk place and a
+    # hash of everything else it says, so a retried export collapses into the
+    # first while two different records of one span and moment both stay.
     engine="ReplacingMergeTree",
-    order_by="(ProjectId, TraceId, SpanId, Timestamp, ChunkIndex, cityHash64(Body))",
+    order_by=(
+        "(ProjectId, TraceId, SpanId, Timestamp, ChunkIndex, cityHash64(Body, EventName, "
+        "SeverityText, SeverityNumber, ObservedTimestamp, TraceFlags, LogAttributes, "
+        "ServiceName, ScopeName))"
+    ),
     partition_by="toDate(Timestamp)",
     shard_key="cityHash64(TraceId)",
     indexes=(("idx_ingested_at", "IngestedAt TYPE minmax GRANULARITY 1"),),
