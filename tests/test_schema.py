@@ -91,7 +91,7 @@ def test_a_database_from_before_pending_spans_upgrades_keeping_its_runs(db: Clie
     ]
     db.insert("spans", old_data, column_names=old_columns, column_oriented=True)
 
-    assert migrate(db, SINGLE_NODE, 30) == [2, 3]
+    assert migrate(db, SINGLE_NODE, 30) == [2, 3, 4]
 
     assert "ORDER BY (ProjectId, TraceId, SpanId, Pending)" in engine_of(db, "spans")
     runs = Runs(db)

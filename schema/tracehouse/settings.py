@@ -40,6 +40,14 @@ class Settings(BaseSettings):
     max_value_bytes: int = Field(
         MIB, gt=256, description="An input or output longer than this is cut, with a marker."
     )
+    max_spans_per_request: int = Field(
+        50_000, gt=0, description="More spans than this in one request are refused (413)."
+    )
+    max_attributes: int = Field(
+        1024, gt=0, description="Attributes kept per span, event or link; more are dropped."
+    )
+    max_events: int = Field(1024, gt=0, description="Events kept per span; more are dropped.")
+    max_links: int = Field(128, gt=0, description="Links kept per span; more are dropped.")
     batch_max_spans: int = Field(20_000, gt=0, description="A batch is written at this size...")
     batch_max_delay_ms: float = Field(
         50.0, gt=0, description="...or when its oldest span has waited this long."

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import time
 from collections.abc import Callable
 from collections.abc import Mapping as MappingOf
 from concurrent.futures import Executor
@@ -49,6 +50,10 @@ class ExportResult:
 class Limits:
     max_decompressed_bytes: int
     max_value_bytes: int
+    max_spans_per_request: int = 50_000
+    max_attributes: int = 1024
+    max_events: int = 1024
+    max_links: int = 128
 
 
 def decode_export(
@@ -63,7 +68,16 @@ def decode_export(
     raw = decompress(body, encoding, limits.max_decompressed_bytes)
     decoded = from_protobuf(raw, signal) if fmt is Format.PROTOBUF else from_json(raw, signal)
     if signal is Signal.TRACES:
-        rows = span_rows(decoded.request, project_id, Mapping(price, limits.max_value_bytes))
+        spans = sum(len(s.spans) for r in decoded.request.resource_spans for s in r.scope_spans)
+        if spans > limits.max_spans_per_request:
+            raise PayloadTooLarge(
+                f"{spans} spans in one request; the limit is {limits.max_spans_per_request}"
+            )
+        mapping = Mapping(
+            price, limits.max_value_bytes, limits.max_attributes, limits.max_events,
+            limits.max_links, received_ns=time.time_ns(),
+        )  # fmt: skip
+        rows = span_rows(decoded.request, project_id, mapping)
     else:
         rows = log_rows(decoded.request, project_id)
     if not decoded.rejected:

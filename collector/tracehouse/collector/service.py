@@ -67,7 +67,10 @@ class Collector:
                 for signal, writer in writers.items()
             }
             executor = stack.enter_context(ThreadPoolExecutor(2, thread_name_prefix="decode"))
-            limits = Limits(s.max_decompressed_bytes, s.max_value_bytes)
+            limits = Limits(
+                s.max_decompressed_bytes, s.max_value_bytes, s.max_spans_per_request,
+                s.max_attributes, s.max_events, s.max_links,
+            )  # fmt: skip
             pipeline = Pipeline(batchers, executor, limits, self._keys)
             for signal, batcher in batchers.items():
                 QUEUED.labels(signal.name.lower()).set_function(partial(_held, batcher))

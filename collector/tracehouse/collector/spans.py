@@ -13,7 +13,7 @@ import base64
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
 from google.protobuf import json_format
@@ -36,6 +36,22 @@ class Mapping:
 
     price: Pricer
     max_value_bytes: int
+    max_attributes: int = 1024  # per span, event, link, resource or scope
+    max_events: int = 1024  # per span
+    max_links: int = 128  # per span
+    received_ns: int = 0  # when the request arrived: a clock far ahead of it is flagged
+
+
+# What the collector had to change of a span as sent, or doubts about it:
+# stored with the span (`Warnings`) and shown with its step.
+ATTRIBUTES_DROPPED = "attributes_dropped"
+ATTRIBUTE_CUT = "attribute_cut"
+EVENTS_DROPPED = "events_dropped"
+LINKS_DROPPED = "links_dropped"
+END_BEFORE_START = "end_before_start"
+NO_START_TIME = "no_start_time"
+CLOCK_AHEAD = "clock_ahead"
+_CLOCK_SLACK_NS = 3_600 * 1_000_000_000
 
 
 def span_rows(
@@ -90,20 +106,29 @@ def _append_span(
     service, resource, resource_url, scope_name, scope_version, scope_attributes, scope_url = (
         context
     )
+    warnings: list[str] = []
     start = min(span.start_time_unix_nano, INT64_MAX)
     end = min(span.end_time_unix_nano, INT64_MAX)
-    attributes = attributes_of(span.attributes, "s", types)
+    _check_clock(start, end, mapping.received_ns, warnings)
+    span_pairs = _capped(span.attributes, mapping.max_attributes, ATTRIBUTES_DROPPED, warnings)
+    attributes = attributes_of(span_pairs, "s", types)
+    events = _capped(span.events, mapping.max_events, EVENTS_DROPPED, warnings)
     event_times, event_names, event_attributes = [], [], []
-    for i, event in enumerate(span.events):
+    for i, event in enumerate(events):
         event_times.append(min(event.time_unix_nano, INT64_MAX))
         event_names.append(event.name)
-        event_attributes.append(attributes_of(event.attributes, f"e{i}", types))
+        pairs = _capped(event.attributes, mapping.max_attributes, ATTRIBUTES_DROPPED, warnings)
+        event_attributes.append(
+            _cut(attributes_of(pairs, f"e{i}", types), mapping.max_value_bytes, warnings)
+        )
+    links = _capped(span.links, mapping.max_links, LINKS_DROPPED, warnings)
     link_traces, link_spans, link_states, link_attributes = [], [], [], []
-    for i, link in enumerate(span.links):
+    for i, link in enumerate(links):
         link_traces.append(link.trace_id.hex())
         link_spans.append(link.span_id.hex())
         link_states.append(link.trace_state)
-        link_attributes.append(attributes_of(link.attributes, f"l{i}", types))
+        pairs = _capped(link.attributes, mapping.max_attributes, ATTRIBUTES_DROPPED, warnings)
+        link_attributes.append(attributes_of(pairs, f"l{i}", types))
     status = _name(STATUS_CODES, span.status.code)
     span_id, parent_id = span.span_id.hex(), span.parent_span_id.hex()
     announced = pending_ids(attributes, parent_id)
@@ -114,17 +139,55 @@ def _append_span(
         list(zip(event_names, event_attributes, strict=True)), resource,
     )  # fmt: skip
     step = map_span(facts, mapping.price, mapping.max_value_bytes, pending=bool(announced))
+    # Cut after the mapping, which read them whole (and kept their sizes).
+    attributes = _cut(attributes, mapping.max_value_bytes, warnings)
     values = (
         project_id, start, span.trace_id.hex(), span_id, parent_id,
         span.trace_state, span.name, _name(SPAN_KINDS, span.kind), service, resource,
         resource_url, scope_name, scope_version, scope_attributes, scope_url, attributes, types,
         max(end - start, 0), status, span.status.message, span.flags,
-        span.dropped_attributes_count, span.dropped_events_count, span.dropped_links_count, index,
+        span.dropped_attributes_count + len(span.attributes) - len(span_pairs),
+        span.dropped_events_count + len(span.events) - len(events),
+        span.dropped_links_count + len(span.links) - len(links), index, warnings,
         event_times, event_names, event_attributes,
         link_traces, link_spans, link_states, link_attributes, *step,
     )  # fmt: skip
     for add, value in zip(append, values, strict=True):
         add(value)
+
+
+def _check_clock(start: int, end: int, received_ns: int, warnings: list[str]) -> None:
+    if end < start:
+        warnings.append(END_BEFORE_START)
+    if start == 0:
+        warnings.append(NO_START_TIME)
+    elif received_ns and start > received_ns + _CLOCK_SLACK_NS:
+        warnings.append(CLOCK_AHEAD)
+
+
+T = TypeVar("T")
+
+
+def _capped(items: Sequence[T], limit: int, warning: str, warnings: list[str]) -> Sequence[T]:
+    """At most `limit` items; more are dropped (and counted as dropped) with a warning."""
+    if len(items) <= limit:
+        return items
+    if warning not in warnings:
+        warnings.append(warning)
+    return items[:limit]
+
+
+def _cut(attributes: dict[str, str], limit: int, warnings: list[str]) -> dict[str, str]:
+    """Values over `limit` characters cut, with a marker (the same map if none is)."""
+    if all(len(value) <= limit for value in attributes.values()):
+        return attributes
+    if ATTRIBUTE_CUT not in warnings:
+        warnings.append(ATTRIBUTE_CUT)
+    marker = "…[cut by tracehouse: {} characters in all]"
+    return {
+        key: value if len(value) <= limit else value[:limit] + marker.format(len(value))
+        for key, value in attributes.items()
+    }
 
 
 def _name(names: tuple[str, ...], number: int) -> str:

@@ -92,6 +92,7 @@ class SpanRow:
     version: str
     session_id: str
     service: str
+    warnings: tuple[str, ...] = ()  # what the collector changed or doubts of the span
 
 
 class Chunk(NamedTuple):

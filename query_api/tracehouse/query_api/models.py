@@ -73,6 +73,11 @@ class Step(Model):
     cost_usd: float | None
     error: Error | None
     orphan: bool
+    warnings: list[str] = Field(
+        description="What the collector changed of the span as sent, or doubts about it: "
+        "attributes_dropped, attribute_cut, events_dropped, links_dropped (over the limits), "
+        "end_before_start, no_start_time, clock_ahead (its clock)."
+    )
     child_count: int
     children: list[Step] | None
     run_id: str | None

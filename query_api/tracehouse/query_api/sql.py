@@ -89,7 +89,8 @@ SELECT
     toUnixTimestamp64Nano(Timestamp), Duration, SpanIndex, Model, InputTokens, OutputTokens,
     TotalTokens,
     CostUsd, ErrorType, ErrorMessage, substringUTF8(Input, 1, {PREVIEW_CHARS}),
-    substringUTF8(Output, 1, {PREVIEW_CHARS}), Trigger, Version, SessionId, ServiceName, Pending
+    substringUTF8(Output, 1, {PREVIEW_CHARS}), Trigger, Version, SessionId, ServiceName, Warnings,
+    Pending
 FROM spans FINAL
 WHERE ProjectId = {{project:String}} AND TraceId = {{trace:String}}
 """

@@ -151,7 +151,7 @@ def _header(run: Sequence[Any], totals: Sequence[Any] | None, stale_before: int)
 def _span_row(row: Sequence[Any]) -> SpanRow:
     (span_id, parent_id, kind, name, status, start_ns, duration_ns, index, model, input_tokens,
      output_tokens, total_tokens, cost, error_type, error_message, input_preview,
-     output_preview, trigger, version, session_id, service, _pending) = row  # fmt: skip
+     output_preview, trigger, version, session_id, service, warnings, _pending) = row  # fmt: skip
     return SpanRow(
         span_id=span_id,
         parent_id=parent_id,
@@ -172,4 +172,5 @@ def _span_row(row: Sequence[Any]) -> SpanRow:
         version=version,
         session_id=session_id,
         service=service,
+        warnings=tuple(warnings),
     )

@@ -97,6 +97,7 @@ def _step(step: Step, levels: int) -> dict[str, Any]:
         "cost_usd": row.cost_usd,
         "error": {"type": row.error_type, "message": row.error_message} if failed else None,
         "orphan": step.orphan,
+        "warnings": list(row.warnings),
         "child_count": len(step.children),
         "children": None,
     } | dict.fromkeys(_RUN_ONLY)

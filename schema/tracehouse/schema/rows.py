@@ -85,6 +85,10 @@ SPAN_COLUMNS: tuple[Column, ...] = (
     # they ended, which orders steps whose clocks tie (the JS SDK starts
     # spans on whole milliseconds).
     Column("SpanIndex", "UInt32"),
+    # What the collector had to change of the span as sent (attributes,
+    # events or links dropped over the limits, values cut) or doubts about it
+    # (its clock): shown with its step.
+    Column("Warnings", "Array(LowCardinality(String))"),
     Column("Events.Timestamp", "Array(DateTime64(9))", codec=ZSTD),
     Column("Events.Name", "Array(LowCardinality(String))", codec=ZSTD),
     Column("Events.Attributes", "Array(Map(LowCardinality(String), String))", codec=ZSTD),
