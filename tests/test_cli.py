@@ -11,6 +11,7 @@ import threading
 from pathlib import Path
 
 import httpx
+import orjson
 import pytest
 from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter as GrpcExporter
 from opentelemetry.sdk.trace.export import SpanExportResult
@@ -110,6 +111,32 @@ def test_migrate_is_idempotent_and_says_so(data_dir: Path) -> None:
     assert "applied migration 1" in first.stderr
     assert "none (schema is current)" in again.stderr
     assert count_spans(data_dir) == 0
+
+
+def test_json_logs_are_one_object_a_line(data_dir: Path) -> None:
+    result = subprocess.run(
+        [TRACEHOUSE, "migrate", "--data-dir", str(data_dir)],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "TRACEHOUSE_LOG_FORMAT": "json"},
+    )
+    assert result.returncode == 0
+    entries = [orjson.loads(line) for line in result.stderr.splitlines()]
+    assert {"time", "level", "logger", "message"} <= entries[0].keys()
+    assert any(e["message"].startswith("applied migration 1") for e in entries)
+
+
+def test_a_bad_api_keys_file_is_refused_with_the_reason(tmp_path: Path) -> None:
+    keys = tmp_path / "keys"
+    keys.write_text("short alpha\n")
+    result = subprocess.run(
+        [TRACEHOUSE, "serve", "--data-dir", str(tmp_path), "--api-keys-file", str(keys)],
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 2
+    assert "at least 16 characters" in result.stderr
+    assert "short" not in result.stderr  # where the problem is (keys:1), never the key
 
 
 def test_invalid_settings_are_refused_with_a_reason(tmp_path: Path) -> None:

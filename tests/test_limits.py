@@ -9,6 +9,7 @@ server. Sent as real OTLP over HTTP and gRPC; read back over the query API.
 
 from __future__ import annotations
 
+import socket
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,6 +23,8 @@ from opentelemetry.proto.trace.v1 import trace_pb2 as otlp
 
 from builders import BASE_NS, new_id, request, span
 from conftest import RunningServer, server_settings
+from tracehouse.query_api.store import QueryTimeout, Store
+from tracehouse.schema.clickhouse import open_client
 
 AGENT = {"gen_ai.operation.name": "invoke_agent", "gen_ai.agent.name": "limits"}
 
@@ -155,3 +158,36 @@ def test_limits_leave_well_formed_exports_untouched(limited: RunningServer) -> N
     response = otlp_trace.ExportTraceServiceResponse.FromString(send(limited, [normal]).content)
     assert not response.HasField("partial_success")
     assert step_of(limited, root.hex(), root.hex())["warnings"] == []
+
+
+@pytest.fixture
+def impatient(dsn: str) -> Iterator[RunningServer]:
+    running = RunningServer(server_settings(dsn, request_timeout_s=1.0)).start()
+    yield running
+    running.stop()
+
+
+def test_a_body_that_trickles_in_is_cut_off_at_the_timeout(impatient: RunningServer) -> None:
+    with socket.create_connection(("127.0.0.1", impatient.ports.http), timeout=10) as client:
+        client.sendall(
+            b"POST /v1/traces HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-protobuf\r\n"
+            b"Content-Length: 1000\r\n\r\n0123"
+        )
+        started = time.monotonic()
+        answer = client.recv(65536)
+    assert answer.startswith(b"HTTP/1.1 408")
+    assert time.monotonic() - started < 5
+    assert httpx.get(f"{impatient.http_base}/healthz").status_code == 200
+
+
+def test_a_read_past_the_timeout_is_stopped_by_clickhouse(dsn: str) -> None:
+    # The query API's read client carries max_execution_time (serve.py); a
+    # read that runs past it is stopped and answered 504 query_timeout.
+    client = open_client(dsn, {"max_execution_time": 1})
+    started = time.monotonic()
+    with pytest.raises(QueryTimeout):
+        Store(client)._rows(
+            "SELECT count() FROM numbers(100000000000) WHERE sipHash64(number) = 1", {}
+        )
+    assert time.monotonic() - started < 5
+    client.close()

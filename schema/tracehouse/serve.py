@@ -78,7 +78,9 @@ async def serve(
             )
             ports = Ports(grpc=collector.grpc_port, http=collector.http_port)
         if roles.query_api:
-            read_client = stack.enter_context(closing(open_client(settings.dsn)))
+            # ClickHouse itself stops a read that runs past the request timeout.
+            limit = {"max_execution_time": max(1, round(settings.request_timeout_s))}
+            read_client = stack.enter_context(closing(open_client(settings.dsn, limit)))
             store = Store(read_client, settings.stale_after_s)
             if transport == "clickhouse":
                 tail_client = stack.enter_context(closing(open_client(settings.dsn)))

@@ -83,7 +83,11 @@ class Settings(BaseSettings):
     cors_origins: str = Field(
         "", description="Origins (comma-separated, or `*`) the query API answers from browsers."
     )
+    request_timeout_s: float = Field(
+        30.0, gt=0, description="Longest an OTLP body may take to arrive, or a query to run."
+    )
     log_level: str = Field("info", pattern="^(debug|info|warning|error)$")
+    log_format: str = Field("text", pattern="^(text|json)$", description="json: one object a line.")
 
     @model_validator(mode="after")
     def _queue_holds_a_batch(self) -> Settings:

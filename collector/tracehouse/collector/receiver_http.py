@@ -8,6 +8,8 @@ body over the limit, 415 for a media type other than protobuf or JSON, and
 
 from __future__ import annotations
 
+import asyncio
+
 from google.protobuf import json_format
 from google.protobuf.message import Message
 from google.rpc import code_pb2, status_pb2
@@ -33,7 +35,7 @@ RETRY_AFTER_SECONDS = 1
 _MEDIA_TYPES = {"application/x-protobuf": Format.PROTOBUF, "application/json": Format.JSON}
 
 
-def create_otlp_app(pipeline: Pipeline, max_message_bytes: int) -> Starlette:
+def create_otlp_app(pipeline: Pipeline, max_message_bytes: int, timeout_s: float) -> Starlette:
     async def export(request: Request, signal: Signal) -> Response:
         media_type = request.headers.get("content-type", "").partition(";")[0].strip().lower()
         fmt = _MEDIA_TYPES.get(media_type)
@@ -44,7 +46,8 @@ def create_otlp_app(pipeline: Pipeline, max_message_bytes: int) -> Starlette:
             )
             return _status(Format.JSON, 415, code_pb2.INVALID_ARGUMENT, message)
         try:
-            body = await _read_body(request, max_message_bytes)
+            async with asyncio.timeout(timeout_s):  # a body trickling in ties up no more
+                body = await _read_body(request, max_message_bytes)
             result = await pipeline.export(
                 body,
                 fmt,
@@ -58,6 +61,9 @@ def create_otlp_app(pipeline: Pipeline, max_message_bytes: int) -> Starlette:
             return response
         except Forbidden as exc:
             return _status(fmt, 403, code_pb2.PERMISSION_DENIED, str(exc))
+        except TimeoutError:
+            message = f"the request body did not arrive within {timeout_s:g} s"
+            return _status(fmt, 408, code_pb2.DEADLINE_EXCEEDED, message)
         except PayloadTooLarge as exc:
             return _status(fmt, 413, code_pb2.INVALID_ARGUMENT, str(exc))
         except UnsupportedEncoding as exc:

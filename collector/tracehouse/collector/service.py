@@ -77,9 +77,8 @@ class Collector:
             grpc = await stack.enter_async_context(
                 GrpcReceiver(pipeline, s.host, s.grpc_port, s.max_message_bytes)
             )
-            http = await stack.enter_async_context(
-                HttpListener(create_otlp_app(pipeline, s.max_message_bytes), s.host, s.http_port)
-            )
+            otlp_app = create_otlp_app(pipeline, s.max_message_bytes, s.request_timeout_s)
+            http = await stack.enter_async_context(HttpListener(otlp_app, s.host, s.http_port))
             self.grpc_port, self.http_port = grpc.port, http.port
             log.info("OTLP/gRPC listening on %s:%d", s.host, grpc.port)
             log.info("OTLP/HTTP listening on http://%s:%d/v1/{traces,logs}", s.host, http.port)

@@ -23,7 +23,7 @@ from tracehouse.query_api.live_routes import router as live_router
 from tracehouse.query_api.params import BadParameter
 from tracehouse.query_api.routes import NotFound, router
 from tracehouse.query_api.runs import TreeCache
-from tracehouse.query_api.store import Store
+from tracehouse.query_api.store import QueryTimeout, Store
 from tracehouse.schema.clickhouse import StorageError
 from tracehouse.settings import Settings
 
@@ -76,6 +76,10 @@ def create_app(
     async def unexpected(request: Request, exc: Exception) -> JSONResponse:
         log.exception("unexpected error answering %s", request.url.path)
         return error_response(500, "internal", "unexpected error; it has been logged")
+
+    @app.exception_handler(QueryTimeout)
+    async def timeout(request: Request, exc: QueryTimeout) -> JSONResponse:
+        return error_response(504, "query_timeout", str(exc))
 
     @app.exception_handler(StorageError)
     async def storage(request: Request, exc: StorageError) -> JSONResponse:

@@ -21,6 +21,10 @@ from tracehouse.schema.clickhouse import StorageError
 from tracehouse.schema.migrations import MIGRATIONS, applied_versions
 
 
+class QueryTimeout(StorageError):
+    """ClickHouse stopped a query at the request timeout (`max_execution_time`)."""
+
+
 class Store:
     def __init__(self, client: Client, stale_after_s: float = 1800.0) -> None:
         self._client = client
@@ -31,6 +35,8 @@ class Store:
         try:
             return self._client.query(sql, parameters=parameters)
         except (ClickHouseError, OSError) as exc:
+            if "TIMEOUT_EXCEEDED" in str(exc):
+                raise QueryTimeout("the query took longer than the request timeout") from exc
             raise StorageError(f"ClickHouse query failed: {exc}") from exc
 
     def _rows(self, sql: str, parameters: dict[str, Any]) -> Sequence[Sequence[Any]]:
