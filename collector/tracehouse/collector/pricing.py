@@ -1,20 +1,25 @@
 """Model prices for step costs, from the maintained `genai-prices` table.
 
-A lookup in that table is slow next to the ingest rate (~0.1 ms), so the
-price of each (model, provider) is found once and kept; a flat per-token
-price is then two multiplications. Tiered prices go through the library.
-An unknown model has no cost (None), never a cost of zero.
+A lookup in that table is slow next to the ingest rate (~0.1 ms a call), so
+the library is asked only a few times per (model, provider, price tier) and
+its answer kept as a line. Within a tier a call's price is linear in its
+tokens (input tokens * rate + output tokens * rate + any per-call fee); a
+tier is chosen by the input tokens ("cliff" pricing: past a threshold the
+whole call pays the tier's rates). So three library prices pin the line,
+and every later call is two multiplications and an addition, equal to what
+the library would answer. An unknown model has no cost (None), never zero.
 """
 
 from __future__ import annotations
 
+import bisect
 import functools
-from decimal import Decimal
 
 from genai_prices import Usage, calc_price
-from genai_prices.types import ModelPrice
+from genai_prices.types import ModelPrice, TieredPrices
 
-_MTOK = 1_000_000
+# Token counts used to pin a tier's line: far from any threshold's edge.
+_STEP = 1_000
 
 
 @functools.lru_cache(maxsize=4096)
@@ -31,15 +36,37 @@ def _model_price(model: str, provider: str) -> ModelPrice | None:
     return None
 
 
+@functools.lru_cache(maxsize=4096)
+def _thresholds(model: str, provider: str) -> tuple[int, ...]:
+    """Input-token counts past which a tier's rates apply, ascending."""
+    found = _model_price(model, provider)
+    prices = (getattr(found, name, None) for name in ("input_mtok", "output_mtok"))
+    starts = {tier.start for p in prices if isinstance(p, TieredPrices) for tier in p.tiers}
+    return tuple(sorted(starts))
+
+
+@functools.lru_cache(maxsize=16384)
+def _line(model: str, provider: str, tier: int) -> tuple[float, float, float]:
+    """(per input token, per output token, per call) in USD within one tier."""
+    found = _model_price(model, provider)
+    assert found is not None
+    starts = _thresholds(model, provider)
+    first = starts[tier - 1] + 1 if tier else 0  # the tier's first input-token count
+
+    def cost(input_tokens: int, output_tokens: int) -> float:
+        usage = Usage(input_tokens=input_tokens, output_tokens=output_tokens)
+        return float(found.calc_price(usage)["total_price"])
+
+    base = cost(first, 0)
+    per_input = (cost(first + _STEP, 0) - base) / _STEP
+    per_output = (cost(first, _STEP) - base) / _STEP
+    return per_input, per_output, base - per_input * first
+
+
 def price(model: str, provider: str, input_tokens: int, output_tokens: int) -> float | None:
     """Cost in USD of one call, or None for a model the price table does not know."""
-    found = _model_price(model, provider)
-    if found is None:
+    if _model_price(model, provider) is None:
         return None
-    per_input, per_output = found.input_mtok, found.output_mtok
-    if isinstance(per_input, Decimal | None) and isinstance(per_output, Decimal | None):
-        return (
-            input_tokens * float(per_input or 0) + output_tokens * float(per_output or 0)
-        ) / _MTOK
-    usage = Usage(input_tokens=input_tokens, output_tokens=output_tokens)
-    return float(found.calc_price(usage)["total_price"])
+    tier = bisect.bisect_left(_thresholds(model, provider), input_tokens)
+    per_input, per_output, per_call = _line(model, provider, tier)
+    return input_tokens * per_input + output_tokens * per_output + per_call
