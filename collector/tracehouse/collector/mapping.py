@@ -131,9 +131,11 @@ def _table(key: str, table: Mapping[str, StepKind]) -> Callable[[SpanFacts], Ste
     return lambda span: table.get(span.attributes.get(key, ""))
 
 
+_KINDS = {kind.value: kind for kind in StepKind}
+
+
 def _own_kind(span: SpanFacts) -> StepKind | None:
-    value = span.attributes.get("tracehouse.step.kind", "")
-    return StepKind(value) if value in StepKind.__members__.values() else None
+    return _KINDS.get(span.attributes.get("tracehouse.step.kind", ""))
 
 
 def _openinference(span: SpanFacts) -> StepKind | None:
