@@ -94,14 +94,24 @@ class RunSession:
         return messages + self._finish(tree.run)
 
     def _new(self, chunks: Sequence[Chunk], ids: set[str]) -> list[Chunk]:
-        """Chunks of this run's steps not told yet, in stream order."""
+        """Chunks of this run's steps not told yet, in stream order.
+
+        A chunk of a step not known yet (its text came before any span of
+        it) is kept for later: reading goes on from no later than it.
+        """
         fresh = []
+        told = self.arrived_ns
+        waiting: int | None = None
         for chunk in chunks:
+            if chunk.step_id not in ids:
+                waiting = min(waiting or chunk.arrived_ns, chunk.arrived_ns)
+                continue
             key = (chunk.step_id, chunk.channel, chunk.place, chunk.at_ns)
-            if chunk.step_id in ids and key not in self._chunks:
+            if key not in self._chunks:
                 self._chunks.add(key)
                 fresh.append(chunk)
-            self.arrived_ns = max(self.arrived_ns, chunk.arrived_ns)
+            told = max(told, chunk.arrived_ns)
+        self.arrived_ns = told if waiting is None else min(told, waiting)
         return sorted(fresh, key=lambda c: (c.at_ns, c.place))
 
     def _finish(self, run: RunHeader) -> list[Message]:

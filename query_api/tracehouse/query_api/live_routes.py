@@ -85,7 +85,7 @@ async def _until_done(
     tasks = [asyncio.create_task(t) for t in (watching(), outbox.send_all(), listening_for_close())]
     try:
         done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-        if tasks[0] in done:  # the run ended: let the last messages out
+        if tasks[0] in done and not outbox.overflowed:  # the run ended: let the last out
             await asyncio.wait(tasks[1:], timeout=5, return_when=asyncio.FIRST_COMPLETED)
     finally:
         for task in tasks:
@@ -117,30 +117,31 @@ async def live_run(ws: WebSocket, run_id: str, project: ProjectDep) -> None:
     trace = await run_in_threadpool(store.find_trace, project, wanted)
     if trace is None:
         raise NotFound(f"no run {run_id}")
-    await ws.accept()
-
-    async def watch(outbox: Outbox) -> None:
+    with feed.listen(project, trace) as listener:
         session = RunSession()
-        with feed.listen(project, trace) as listener:
-            tree, chunks = await _read_run(store, trees, project, wanted, trace, session)
-            if tree is None:
-                return
+        tree, chunks = await _read_run(store, trees, project, wanted, trace, session)
+        if tree is None:  # a step's id, not a run's
+            raise NotFound(f"no run {run_id}")
+        await ws.accept()
+
+        async def watch(outbox: Outbox) -> None:
             if not outbox.put(session.snapshot(tree, chunks)):
                 return
             while not session.finished:
                 await listener.wait()
-                tree, chunks = await _read_run(store, trees, project, wanted, trace, session)
-                if tree is None or not outbox.put(session.changes(tree, chunks)):
+                now, more = await _read_run(store, trees, project, wanted, trace, session)
+                if now is None or not outbox.put(session.changes(now, more)):
                     return
 
-    await _serve(ws, "run", watch)
+        await _serve(ws, "run", watch)
 
 
 async def _read_run(
     store: Store, trees: TreeCache, project: str, run_id: str, trace: str, session: RunSession
 ) -> tuple[RunTree | None, list[Any]]:
-    # Chunks are read on from a little before the newest one seen: one that
-    # committed late with an earlier arrival time is still found.
+    # Chunks are read on from a little before the newest one told (or the
+    # oldest one whose step is not known yet): one that committed late with
+    # an earlier arrival time is still found.
     since = max(session.arrived_ns - 5_000_000_000, 0)
     tree = await run_in_threadpool(run_tree, store, project, run_id, trees)
     chunks = await run_in_threadpool(store.chunks, project, trace, since)

@@ -278,11 +278,14 @@ LIMIT 1
 
 
 # Runs with rows that arrived after a moment: what the live tail announces.
+# Spans are found through `runs`, which the materialized view fills just
+# after the spans themselves are visible: a run announced from `spans`
+# could be read before its header moved, and never announced again.
 ARRIVED_SQL = """
 SELECT ProjectId, TraceId, toUnixTimestamp64Nano(max(IngestedAt))
 FROM (
-    SELECT ProjectId, TraceId, IngestedAt FROM spans
-    WHERE IngestedAt > fromUnixTimestamp64Nano({since:Int64})
+    SELECT ProjectId, TraceId, LastSeen AS IngestedAt FROM runs
+    WHERE LastSeen > fromUnixTimestamp64Nano({since:Int64})
     UNION ALL
     SELECT ProjectId, TraceId, IngestedAt FROM logs
     WHERE IngestedAt > fromUnixTimestamp64Nano({since:Int64}) AND TraceId != ''

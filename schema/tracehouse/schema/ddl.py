@@ -115,6 +115,8 @@ RUNS = Table(
     order_by="(ProjectId, TraceId)",
     partition_by="toDate(LastSeen)",
     shard_key="cityHash64(TraceId)",
+    # The live tail reads the runs that moved in the last seconds.
+    indexes=(("idx_last_seen", "LastSeen TYPE minmax GRANULARITY 1"),),
     ttl_column="LastSeen",
     settings=(("ttl_only_drop_parts", "1"), ("index_granularity", "1024")),
 )

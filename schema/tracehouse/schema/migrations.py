@@ -85,7 +85,11 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "spans table", lambda layout, days: create_table(SPANS, layout, days)),
     Migration(2, "step columns and the runs table", _runs),
     Migration(3, "pending spans, logs and the live tail index", _live),
-    Migration(4, "span warnings", lambda layout, _: add_columns(SPANS, ("Warnings",), layout)),
+    Migration(
+        4,
+        "span warnings and the runs tail index",
+        lambda layout, _: [*add_columns(SPANS, ("Warnings",), layout), *add_indexes(RUNS, layout)],
+    ),
 )
 
 MIGRATIONS_TABLE = Table(
