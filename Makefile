@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: run test lint typecheck pytest clean
+.PHONY: run test lint typecheck pytest fuzz bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -32,6 +32,13 @@ typecheck: $(VENV)/.test-installed
 
 pytest: $(VENV)/.test-installed
 	$(BIN)/pytest
+
+# The benchmarks of benchmarks/RESULTS.md; each prints its figures and the
+# command that reproduces them. The query benchmark builds 1M runs first.
+bench: $(VENV)/.test-installed
+	$(BIN)/python -m benchmarks.ingest_bench
+	$(BIN)/python -m benchmarks.live_bench
+	$(BIN)/python -m benchmarks.query_bench --runs 1000000
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache

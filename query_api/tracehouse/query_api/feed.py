@@ -87,6 +87,8 @@ class Feed:
 
     def _deliver(self, changes: frozenset[Change]) -> None:
         for project, trace in changes:
+            if not trace:  # a log record linked to no run
+                continue
             for listener in self._by_trace.get((project, trace), ()):
                 listener._notify(trace)
             for listener in self._by_project.get(project, ()):
