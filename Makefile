@@ -33,6 +33,12 @@ typecheck: $(VENV)/.test-installed
 pytest: $(VENV)/.test-installed
 	$(BIN)/pytest
 
+# The fuzz suite of `make test`, run far longer (random, not derandomized).
+FUZZ_EXAMPLES ?= 3000
+
+fuzz: $(VENV)/.test-installed
+	TRACEHOUSE_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(BIN)/pytest tests/test_fuzz.py --timeout=3600
+
 # The benchmarks of benchmarks/RESULTS.md; each prints its figures and the
 # command that reproduces them. The query benchmark builds 1M runs first.
 bench: $(VENV)/.test-installed

@@ -8,8 +8,22 @@ import pytest
 from clickhouse_connect.driver.client import Client
 
 from builders import Runs, new_id, pending, rows_of, span
-from tracehouse.schema.ddl import SINGLE_NODE, SPANS, Layout, create_table
-from tracehouse.schema.migrations import MIGRATIONS, MIGRATIONS_TABLE, applied_versions, migrate
+from tracehouse.schema.ddl import (
+    RUNS,
+    RUNS_VIEW_SELECT,
+    SINGLE_NODE,
+    SPANS,
+    Layout,
+    create_table,
+    create_view,
+)
+from tracehouse.schema.migrations import (
+    MIGRATIONS,
+    MIGRATIONS_TABLE,
+    applied_versions,
+    heal_runs,
+    migrate,
+)
 from tracehouse.schema.rows import SPAN_COLUMNS, WRITTEN_SPAN_COLUMNS
 
 AGENT = {"gen_ai.operation.name": "invoke_agent", "gen_ai.agent.name": "helper"}
@@ -99,3 +113,21 @@ def test_a_database_from_before_pending_spans_upgrades_keeping_its_runs(db: Clie
     # Pending spans work on the upgraded table, and the span already there wins.
     runs.send(pending(span("invoke_agent helper", trace, root, end=5, attributes=AGENT)))
     assert (runs.header(trace).status, runs.header(trace).step_count) == ("completed", 0)
+
+
+def test_spans_a_crash_left_without_their_run_are_folded_in_at_start(db: Client) -> None:
+    migrate(db, SINGLE_NODE, 30)
+    heal_runs(db, SINGLE_NODE)  # on an empty database: nothing to do, no error
+    runs = Runs(db)
+    before, lost = new_id(16), new_id(16)
+    runs.send(span("invoke_agent helper", before, new_id(8), end=5, attributes=AGENT))
+    # A kill -9 between the spans' part and the view's part: spans, no run.
+    db.command("DROP VIEW runs_mv")
+    runs.send(span("invoke_agent helper", lost, new_id(8), end=5, attributes=AGENT))
+    db.command(create_view("runs_mv", RUNS, SPANS, RUNS_VIEW_SELECT, SINGLE_NODE))
+    assert runs.store.top_runs("default", [lost.hex()]) == {}
+
+    heal_runs(db, SINGLE_NODE)
+
+    assert runs.header(lost).status == "completed"
+    assert runs.header(before).step_count == 0  # folded again, counted once

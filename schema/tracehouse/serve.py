@@ -19,7 +19,7 @@ from tracehouse.keys import ApiKeys
 from tracehouse.listeners import HttpListener
 from tracehouse.schema.clickhouse import open_client, redact
 from tracehouse.schema.ddl import SINGLE_NODE
-from tracehouse.schema.migrations import migrate
+from tracehouse.schema.migrations import heal_runs, migrate
 from tracehouse.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -40,9 +40,13 @@ class Ports:
     api: int = 0
 
 
-def run_migrations(settings: Settings) -> list[int]:
+def run_migrations(settings: Settings, heal: bool = False) -> list[int]:
+    """Bring the schema up to date (and, before a collector starts, heal runs after a crash)."""
     with closing(open_client(settings.dsn)) as client:
-        return migrate(client, SINGLE_NODE, settings.retention_days)
+        applied = migrate(client, SINGLE_NODE, settings.retention_days)
+        if heal:
+            heal_runs(client, SINGLE_NODE)
+        return applied
 
 
 async def serve(
@@ -59,7 +63,7 @@ async def serve(
     from tracehouse.query_api.store import Store
 
     log.info("storage: %s", redact(settings.dsn))
-    applied = await asyncio.to_thread(run_migrations, settings)
+    applied = await asyncio.to_thread(run_migrations, settings, roles.collector)
     if applied:
         log.info("schema migrated to version %d", max(applied))
     transport = live_transport(settings, roles)

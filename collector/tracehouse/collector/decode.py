@@ -81,17 +81,30 @@ def decompress(body: bytes, encoding: str, limit: int) -> bytes:
         wbits = zlib.MAX_WBITS
     else:
         raise UnsupportedEncoding(f"unsupported Content-Encoding {encoding!r}; use gzip")
-    inflater = zlib.decompressobj(wbits)
-    try:
-        # One byte past the limit tells a bomb from a payload that fits exactly.
-        out = inflater.decompress(body, limit + 1)
-    except zlib.error as exc:
-        raise DecodeError(f"body is not valid {encoding}: {exc}") from exc
-    if len(out) > limit:
-        raise PayloadTooLarge(f"body decompresses to more than {limit} bytes")
-    if not inflater.eof:
-        raise DecodeError(f"body is truncated {encoding}")
-    return out
+    parts: list[bytes] = []
+    size = 0
+    rest = body
+    # A gzip body may be several members one after another (RFC 1952): all
+    # are read, as the OpenTelemetry Collector reads them.
+    while True:
+        inflater = zlib.decompressobj(wbits)
+        try:
+            # One byte past the limit tells a bomb from a payload that fits exactly.
+            part = inflater.decompress(rest, limit + 1 - size)
+        except zlib.error as exc:
+            raise DecodeError(f"body is not valid {encoding}: {exc}") from exc
+        size += len(part)
+        parts.append(part)
+        if size > limit:
+            raise PayloadTooLarge(f"body decompresses to more than {limit} bytes")
+        if not inflater.eof:
+            raise DecodeError(f"body is truncated {encoding}")
+        rest = inflater.unused_data
+        if encoding != "gzip" or not rest:
+            break
+    if rest:
+        raise DecodeError(f"body has bytes after its {encoding} stream")
+    return b"".join(parts)
 
 
 def from_protobuf(body: bytes, signal: Signal) -> Decoded:

@@ -51,7 +51,7 @@ def log_rows(request: otlp_logs.ExportLogsServiceRequest, project_id: str) -> Ro
                 values = (
                     project_id, min(record.time_unix_nano, INT64_MAX) or observed, observed,
                     record.trace_id.hex(), span_id, record.flags, record.severity_text,
-                    min(record.severity_number, 255), body, record.event_name, service,
+                    min(max(record.severity_number, 0), 255), body, record.event_name, service,
                     resource, resource_logs.schema_url, scope.name, scope.version,
                     scope_attributes, scope_logs.schema_url, attributes, types,
                     record.dropped_attributes_count,
@@ -73,4 +73,7 @@ def _id_problem(record: logs_pb2.LogRecord) -> str:
 
 
 def _index(text: str) -> int:
-    return min(max(int(text), 0), _UINT32_MAX) if text.lstrip("-").isdigit() else 0
+    try:
+        return min(max(int(text), 0), _UINT32_MAX)
+    except ValueError:  # not an integer: a chunk of unknown place
+        return 0

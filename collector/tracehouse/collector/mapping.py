@@ -83,7 +83,7 @@ def pending_ids(attributes: Attributes, parent_span_id: str) -> tuple[str, str] 
     kept as an ordinary span.
     """
     if attributes.get("logfire.span_type") != PENDING_SPAN_TYPE or not parent_span_id:
-        return None
+        return None  # (an all-zero parent id arrives here as none)
     parent = attributes.get("logfire.pending_parent_id", "").lower()
     if parent == _NO_PARENT:
         parent = ""
@@ -223,12 +223,17 @@ _OUTPUT_TOKEN_KEYS = (
 _TOTAL_TOKEN_KEYS = ("llm.token_count.total", "gen_ai.usage.total_tokens", "ai.usage.totalTokens")
 
 
+# More tokens than any call has used: a larger count is taken as this, so a
+# run's sum of its steps cannot overflow its UInt64 column.
+MAX_TOKENS = 10**12
+
+
 def _count(attributes: Attributes, keys: Sequence[str]) -> int | None:
     for key in keys:
         value = attributes.get(key)
         if value:
             try:
-                return max(int(float(value)), 0)
+                return min(max(int(float(value)), 0), MAX_TOKENS)
             except (ValueError, OverflowError):
                 continue
     return None

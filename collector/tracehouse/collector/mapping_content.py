@@ -47,15 +47,31 @@ def _attribute(*keys: str) -> Reader:
     return lambda attributes, events: first_attribute(attributes, keys)
 
 
+# orjson writes JSON nested at most this deep (it reads deeper): a value
+# that could be deeper is kept as the text it came as.
+_MAX_DEPTH = 250
+# No convention flattens a message deeper than a few levels.
+_MAX_KEY_PARTS = 32
+
+
 def _json(value: Any) -> str:
-    return orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS).decode()
+    try:
+        return orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS).decode()
+    except orjson.JSONEncodeError:  # a structure too deep to write, from nowhere we know
+        return ""
 
 
 def _loads(text: str) -> Any:
     try:
-        return orjson.loads(text)
+        value = orjson.loads(text)
     except orjson.JSONDecodeError:
         return text
+    if text.count("[") + text.count("{") >= _MAX_DEPTH:  # cheap: it cannot be too deep
+        try:
+            orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS)
+        except orjson.JSONEncodeError:
+            return text
+    return value
 
 
 def _genai_input(attributes: Attributes, events: Events) -> str:
@@ -78,7 +94,9 @@ def unflatten(attributes: Attributes, prefix: str) -> Any:
         if not key.startswith(prefix):
             continue
         node = tree
-        *path, leaf = key[len(prefix) :].split(".")
+        *path, leaf = key[len(prefix) :].split(".", _MAX_KEY_PARTS)
+        if len(path) >= _MAX_KEY_PARTS:
+            continue  # hostile, not a convention: left in the attributes as sent
         for part in path:
             child = node.setdefault(part, {})
             if not isinstance(child, dict):  # a key both leaf and branch: keep the leaf
@@ -93,7 +111,7 @@ def _as_lists(node: Any) -> Any:
     if not isinstance(node, dict):
         return node
     converted = {key: _as_lists(value) for key, value in node.items()}
-    if converted and all(key.isdigit() for key in converted):
+    if converted and all(key.isascii() and key.isdecimal() for key in converted):
         return [converted[key] for key in sorted(converted, key=int)]
     return converted
 

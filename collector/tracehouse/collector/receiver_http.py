@@ -9,6 +9,7 @@ body over the limit, 415 for a media type other than protobuf or JSON, and
 from __future__ import annotations
 
 import asyncio
+import random
 
 from google.protobuf import json_format
 from google.protobuf.message import Message
@@ -30,7 +31,10 @@ from tracehouse.collector.receiver_grpc import export_response
 from tracehouse.keys import Forbidden, Unauthorized
 from tracehouse.metrics import metrics_endpoint
 
-RETRY_AFTER_SECONDS = 1
+# Refused clients are told to come back after 1 to 5 s, at random: told all
+# the same, a crowd returns at once and is refused together again, and an
+# exporter that obeys Retry-After gives up after a few tries (Python's: 6).
+RETRY_AFTER_SECONDS = (1, 5)
 
 _MEDIA_TYPES = {"application/x-protobuf": Format.PROTOBUF, "application/json": Format.JSON}
 
@@ -72,7 +76,7 @@ def create_otlp_app(pipeline: Pipeline, max_message_bytes: int, timeout_s: float
             return _status(fmt, 400, code_pb2.INVALID_ARGUMENT, str(exc))
         except (Overloaded, WriteFailed) as exc:
             response = _status(fmt, 503, code_pb2.UNAVAILABLE, str(exc))
-            response.headers["Retry-After"] = str(RETRY_AFTER_SECONDS)
+            response.headers["Retry-After"] = str(random.randint(*RETRY_AFTER_SECONDS))  # noqa: S311
             return response
         return _encode(fmt, 200, export_response(result, signal))
 

@@ -121,7 +121,10 @@ def _append_span(
         event_attributes.append(
             _cut(attributes_of(pairs, f"e{i}", types), mapping.max_value_bytes, warnings)
         )
-    links = _capped(span.links, mapping.max_links, LINKS_DROPPED, warnings)
+    links = [link for link in span.links if _link_ok(link)]
+    if len(links) < len(span.links):
+        warnings.append(LINKS_DROPPED)
+    links = list(_capped(links, mapping.max_links, LINKS_DROPPED, warnings))
     link_traces, link_spans, link_states, link_attributes = [], [], [], []
     for i, link in enumerate(links):
         link_traces.append(link.trace_id.hex())
@@ -130,7 +133,9 @@ def _append_span(
         pairs = _capped(link.attributes, mapping.max_attributes, ATTRIBUTES_DROPPED, warnings)
         link_attributes.append(attributes_of(pairs, f"l{i}", types))
     status = _name(STATUS_CODES, span.status.code)
-    span_id, parent_id = span.span_id.hex(), span.parent_span_id.hex()
+    # An all-zero parent id is no parent (OTLP calls it invalid).
+    parent_id = "" if span.parent_span_id == _ZERO_SPAN else span.parent_span_id.hex()
+    span_id = span.span_id.hex()
     announced = pending_ids(attributes, parent_id)
     if announced:
         span_id, parent_id = announced
@@ -146,14 +151,26 @@ def _append_span(
         span.trace_state, span.name, _name(SPAN_KINDS, span.kind), service, resource,
         resource_url, scope_name, scope_version, scope_attributes, scope_url, attributes, types,
         max(end - start, 0), status, span.status.message, span.flags,
-        span.dropped_attributes_count + len(span.attributes) - len(span_pairs),
-        span.dropped_events_count + len(span.events) - len(events),
-        span.dropped_links_count + len(span.links) - len(links), index, warnings,
+        _dropped(span.dropped_attributes_count, len(span.attributes) - len(span_pairs)),
+        _dropped(span.dropped_events_count, len(span.events) - len(events)),
+        _dropped(span.dropped_links_count, len(span.links) - len(links)), index, warnings,
         event_times, event_names, event_attributes,
         link_traces, link_spans, link_states, link_attributes, *step,
     )  # fmt: skip
     for add, value in zip(append, values, strict=True):
         add(value)
+
+
+_UINT32_MAX = 2**32 - 1
+
+
+def _dropped(by_sender: int, by_us: int) -> int:
+    return min(by_sender + by_us, _UINT32_MAX)
+
+
+def _link_ok(link: otlp.Span.Link) -> bool:
+    """A link names a whole span: 16- and 8-byte ids (a bad one is dropped, marked)."""
+    return len(link.trace_id) == 16 and len(link.span_id) == 8
 
 
 def _check_clock(start: int, end: int, received_ns: int, warnings: list[str]) -> None:

@@ -104,6 +104,27 @@ MIGRATIONS_TABLE = Table(
 )
 
 
+# How far back, before the newest run, spans are folded into runs again at start.
+HEAL_WINDOW_S = 300
+
+
+def heal_runs(client: Client, layout: Layout) -> None:
+    """Fold the most recent spans into `runs` again, after a crash.
+
+    The view writes a run's part just after its spans' part; a process
+    killed between the two leaves spans no run shows. The aggregates are
+    idempotent, so folding the last minutes again costs a scan and changes
+    nothing else.
+    """
+    runs = quote_identifier(layout.stored(RUNS.name))
+    spans = quote_identifier(layout.stored(SPANS.name))
+    recent = (
+        f"(SELECT * FROM {spans} WHERE IngestedAt >= "
+        f"(SELECT max(LastSeen) FROM {runs}) - toIntervalSecond({HEAL_WINDOW_S}))"
+    )
+    client.command(f"INSERT INTO {runs} " + RUNS_VIEW_SELECT.format(source=recent))
+
+
 def applied_versions(client: Client) -> set[int]:
     rows = client.query("SELECT DISTINCT version FROM tracehouse_migrations").result_rows
     return {int(row[0]) for row in rows}
