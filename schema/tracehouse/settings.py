@@ -69,7 +69,7 @@ class Settings(BaseSettings):
         "query API running apart from the collector), `auto` (process when both run here).",
     )
     live_poll_ms: float = Field(
-        100.0, gt=0, description="How often the ClickHouse tail looks for new spans and logs."
+        50.0, gt=0, description="How often the ClickHouse tail looks for new spans and logs."
     )
     live_buffer_messages: int = Field(
         1000, gt=0, description="Messages a WebSocket client may fall behind before it is dropped."

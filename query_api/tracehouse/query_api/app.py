@@ -24,6 +24,7 @@ from tracehouse.query_api.params import BadParameter
 from tracehouse.query_api.routes import NotFound, router
 from tracehouse.query_api.runs import TreeCache
 from tracehouse.query_api.store import QueryTimeout, Store
+from tracehouse.query_api.watches import Watches
 from tracehouse.schema.clickhouse import StorageError
 from tracehouse.settings import Settings
 
@@ -101,6 +102,7 @@ def create_app(
     app.state.store = store
     app.state.trees = TreeCache(settings.tree_cache_steps)
     app.state.feed = feed
+    app.state.watches = Watches(store, app.state.trees, feed)
     app.state.keys = keys or ApiKeys({})
     app.include_router(router)
     app.include_router(live_router)

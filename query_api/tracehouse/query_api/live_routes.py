@@ -1,8 +1,9 @@
 """The WebSockets of DESIGN.md §4: `/api/v1/runs/{run_id}/live` and `/api/v1/live`.
 
-Each connection listens to the feed first and reads storage second, so a
-change can only land after the snapshot's read (and be diffed away) or
-wake the next read: never in between. Messages go out through an `Outbox`:
+A run's clients share one reader (`watches.RunWatch`); the list's clients
+each listen to the feed first and read storage second, so a change can only
+land after a read (and be diffed away) or wake the next one: never in
+between. Messages go out through an `Outbox`:
 a bounded queue drained by its own task, so a slow client only ever fills
 its own queue, and is dropped with close code 1008 when that is full.
 """
@@ -24,15 +25,18 @@ from starlette.websockets import WebSocketDisconnect, WebSocketState
 from tracehouse.metrics import WEBSOCKETS, WEBSOCKETS_DROPPED
 from tracehouse.query_api import params
 from tracehouse.query_api.feed import Feed
-from tracehouse.query_api.live import ListSession, Message, RunSession
+from tracehouse.query_api.live import ListSession, Message
 from tracehouse.query_api.routes import FilterDep, NotFound, ProjectDep
-from tracehouse.query_api.runs import RunTree, TreeCache, changed_runs, run_tree
+from tracehouse.query_api.runs import TreeCache, changed_runs, run_tree
 from tracehouse.query_api.store import Store
+from tracehouse.query_api.watches import Watches
 
 router = APIRouter(prefix="/api/v1")
 
-# RFC 6455's policy violation: the client fell too far behind.
+# RFC 6455's policy violation: the client fell too far behind; and its
+# "try again later", when reading the run failed (ClickHouse was down).
 TOO_SLOW = 1008
+TRY_AGAIN = 1013
 
 
 class Outbox:
@@ -42,6 +46,8 @@ class Outbox:
         self._ws = ws
         self._queue: asyncio.Queue[Message | None] = asyncio.Queue(size)
         self.overflowed = False
+        self.failed = False
+        self.done = asyncio.Event()
 
     def put(self, messages: list[Message]) -> bool:
         """Queue messages; False (and the client is to be dropped) if they do not fit."""
@@ -52,6 +58,10 @@ class Outbox:
                 self.overflowed = True
                 return False
         return True
+
+    def finish(self, failed: bool = False) -> None:
+        self.failed = failed
+        self.done.set()
 
     async def close_after_sending(self) -> None:
         with contextlib.suppress(asyncio.QueueFull):
@@ -95,6 +105,8 @@ async def _until_done(
         if outbox.overflowed:
             WEBSOCKETS_DROPPED.inc()
             await ws.close(TOO_SLOW, "client too slow: fell too far behind, reconnect")
+        elif outbox.failed:
+            await ws.close(TRY_AGAIN, "reading the run failed; reconnect")
         else:
             await ws.close()
     for result in results:
@@ -102,56 +114,40 @@ async def _until_done(
             raise result
 
 
-def _state(ws: WebSocket) -> tuple[Store, TreeCache, Feed]:
+def _state(ws: WebSocket) -> tuple[Store, TreeCache, Feed, Watches]:
     state: Any = ws.app.state
-    return state.store, state.trees, state.feed
+    return state.store, state.trees, state.feed, state.watches
 
 
 @router.websocket("/runs/{run_id}/live")
 async def live_run(ws: WebSocket, run_id: str, project: ProjectDep) -> None:
     """The run as it happens: a snapshot, then step and text events, then `run_finished`."""
-    store, trees, feed = _state(ws)
+    store, trees, _, watches = _state(ws)
     # Refused before the handshake completes, so the client gets the HTTP
     # answer (422, 404) with the error envelope, as from the REST routes.
     wanted = params.run_id(run_id)
     trace = await run_in_threadpool(store.find_trace, project, wanted)
     if trace is None:
         raise NotFound(f"no run {run_id}")
-    with feed.listen(project, trace) as listener:
-        session = RunSession()
-        tree, chunks = await _read_run(store, trees, project, wanted, trace, session)
-        if tree is None:  # a step's id, not a run's
-            raise NotFound(f"no run {run_id}")
-        await ws.accept()
+    # A step's id, not a run's, is refused like an unknown one.
+    if await run_in_threadpool(run_tree, store, project, wanted, trees, trace) is None:
+        raise NotFound(f"no run {run_id}")
+    await ws.accept()
 
-        async def watch(outbox: Outbox) -> None:
-            if not outbox.put(session.snapshot(tree, chunks)):
-                return
-            while not session.finished:
-                await listener.wait()
-                now, more = await _read_run(store, trees, project, wanted, trace, session)
-                if now is None or not outbox.put(session.changes(now, more)):
-                    return
+    async def watch(outbox: Outbox) -> None:
+        watch = watches.join(project, wanted, trace, outbox)
+        try:
+            await outbox.done.wait()
+        finally:
+            watch.leave(outbox)
 
-        await _serve(ws, "run", watch)
-
-
-async def _read_run(
-    store: Store, trees: TreeCache, project: str, run_id: str, trace: str, session: RunSession
-) -> tuple[RunTree | None, list[Any]]:
-    # Chunks are read on from a little before the newest one told (or the
-    # oldest one whose step is not known yet): one that committed late with
-    # an earlier arrival time is still found.
-    since = max(session.arrived_ns - 5_000_000_000, 0)
-    tree = await run_in_threadpool(run_tree, store, project, run_id, trees)
-    chunks = await run_in_threadpool(store.chunks, project, trace, since)
-    return tree, chunks
+    await _serve(ws, "run", watch)
 
 
 @router.websocket("/live")
 async def live_list(ws: WebSocket, project: ProjectDep, f: FilterDep) -> None:
     """The run list as it changes: `run_started`, `run_updated`, `run_finished`."""
-    store, trees, feed = _state(ws)
+    store, trees, feed, _ = _state(ws)
     await ws.accept()
 
     async def watch(outbox: Outbox) -> None:

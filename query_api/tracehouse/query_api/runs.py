@@ -92,10 +92,17 @@ def trace_tree(
 
 
 def run_tree(
-    store: Store, project: str, run_id: str, cache: TreeCache | None = None
+    store: Store,
+    project: str,
+    run_id: str,
+    cache: TreeCache | None = None,
+    trace_id: str | None = None,
 ) -> RunTree | None:
-    """The tree of a run: a top-level run (by run or trace id) or any sub-run."""
-    trace_id = store.find_trace(project, run_id)
+    """The tree of a run: a top-level run (by run or trace id) or any sub-run.
+
+    `trace_id`, when the caller knows it, saves looking it up.
+    """
+    trace_id = trace_id or store.find_trace(project, run_id)
     if trace_id is None:
         return None
     whole = trace_tree(store, project, trace_id, cache=cache)
