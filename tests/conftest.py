@@ -94,8 +94,20 @@ def chdb_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture
-def dsn(chdb_dir: Path) -> str:
-    return f"chdb://{chdb_dir}?database=test_{next(_databases)}"
+def dsn(chdb_dir: Path) -> Iterator[str]:
+    database = f"test_{next(_databases)}"
+    yield f"chdb://{chdb_dir}?database={database}"
+    # Dropped after the test: hundreds of databases left behind keep the one
+    # engine busy merging, and every later test slows down.
+    drop_database(chdb_dir, database)
+
+
+def drop_database(chdb_dir: Path, database: str) -> None:
+    client = open_client(f"chdb://{chdb_dir}")
+    try:
+        client.command(f"DROP DATABASE IF EXISTS `{database}` SYNC")
+    finally:
+        client.close()
 
 
 def server_settings(dsn: str, **overrides: Any) -> Settings:
