@@ -473,7 +473,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--background-spans-per-s", type=float, default=2000.0)
     parser.add_argument("--watchers", default="5,25", help="more clients, a phase for each")
     parser.add_argument("--transport", choices=("process", "clickhouse", "both"), default="both")
-    parser.add_argument("--poll-ms", type=float, default=0.0, help="live_poll_ms (default: the server's, 50)")
+    parser.add_argument(
+        "--poll-ms", type=float, default=0.0, help="live_poll_ms (default: the server's, 50)"
+    )
     parser.add_argument("--batch-delay-ms", type=float, default=0.0,
                         help="batch_max_delay_ms (default: 50)")  # fmt: skip
     parser.add_argument("--seed", type=int, default=1, help="of the background load")

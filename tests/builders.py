@@ -5,9 +5,13 @@ from __future__ import annotations
 import hashlib
 import itertools
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, TypeVar
 
+import httpx
 from clickhouse_connect.driver.client import Client
+from google.protobuf import json_format
+from google.protobuf.message import Message
+from google.rpc import status_pb2
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2 as otlp_trace
 from opentelemetry.proto.common.v1 import common_pb2 as otlp_common
 from opentelemetry.proto.trace.v1 import trace_pb2 as otlp
@@ -22,6 +26,9 @@ from tracehouse.schema.ddl import SINGLE_NODE
 from tracehouse.schema.migrations import migrate
 
 BASE_NS = 1_790_000_000_000_000_000
+PROTOBUF = "application/x-protobuf"
+JSON = "application/json"
+M = TypeVar("M", bound=Message)
 _ids = itertools.count(1)
 
 
@@ -144,3 +151,24 @@ class Runs:
 
     def header(self, trace_id: bytes) -> RunHeader:
         return self.tree(trace_id).run
+
+
+def rpc_status(response: httpx.Response) -> status_pb2.Status:
+    """The `google.rpc.Status` of an OTLP/HTTP error answer, in the encoding it came in."""
+    status = status_pb2.Status()
+    if response.headers["content-type"] == PROTOBUF:
+        status.ParseFromString(response.content)
+    else:
+        assert response.headers["content-type"] == JSON
+        json_format.Parse(response.text, status)
+    return status
+
+
+def export_reply(response: httpx.Response, message: M) -> M:
+    """An OTLP/HTTP success answer (`message`: an empty Export*ServiceResponse), decoded."""
+    assert response.status_code == 200, response.content
+    if response.headers["content-type"] == PROTOBUF:
+        message.ParseFromString(response.content)
+    else:
+        json_format.Parse(response.text, message)
+    return message

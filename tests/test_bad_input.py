@@ -23,8 +23,7 @@ import httpx
 import orjson
 import pytest
 from clickhouse_connect.driver.client import Client
-from google.protobuf import json_format
-from google.rpc import code_pb2, status_pb2
+from google.rpc import code_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -33,11 +32,10 @@ from opentelemetry.proto.common.v1 import common_pb2 as otlp_common
 from opentelemetry.proto.trace.v1 import trace_pb2 as otlp
 
 # Aliased: a module-level name starting with `test_` would be collected as a test.
+from builders import JSON, PROTOBUF, export_reply, rpc_status
 from conftest import RunningServer
 from conftest import server_settings as settings_for
 
-PROTOBUF = "application/x-protobuf"
-JSON = "application/json"
 TRACE_SERVICE = "opentelemetry.proto.collector.trace.v1.TraceService"
 EXPORT_METHOD = f"/{TRACE_SERVICE}/Export"
 MIB = 1024 * 1024
@@ -49,6 +47,10 @@ _ids = itertools.count(1)
 
 
 # Requests -------------------------------------------------------------------
+
+
+def _reply(response: httpx.Response) -> otlp_trace.ExportTraceServiceResponse:
+    return export_reply(response, otlp_trace.ExportTraceServiceResponse())
 
 
 def _span(name: str, *, trace_id: bytes | None = None, padding: int = 0) -> otlp.Span:
@@ -135,27 +137,6 @@ def _post(
         return client.post("/v1/traces", content=body, headers=headers)
 
 
-def _status(response: httpx.Response) -> Any:
-    """The `google.rpc.Status` of an error answer, in the encoding it came in."""
-    status = status_pb2.Status()
-    if response.headers["content-type"] == PROTOBUF:
-        status.ParseFromString(response.content)
-    else:
-        assert response.headers["content-type"] == JSON
-        json_format.Parse(response.text, status)
-    return status
-
-
-def _export_response(response: httpx.Response) -> otlp_trace.ExportTraceServiceResponse:
-    assert response.status_code == 200, response.content
-    message = otlp_trace.ExportTraceServiceResponse()
-    if response.headers["content-type"] == PROTOBUF:
-        message.ParseFromString(response.content)
-    else:
-        json_format.Parse(response.text, message)
-    return message
-
-
 def _grpc_export(server: RunningServer, body: bytes) -> bytes:
     """One raw `Export` call: bytes in, bytes out, so any payload can be sent."""
     with grpc.insecure_channel(server.grpc_endpoint) as channel:
@@ -193,7 +174,7 @@ def _assert_http_serving(server: RunningServer, db: Client) -> None:
     """A valid export after the bad request is answered 200 and its span is stored."""
     span = _span("after")
     response = _post(server, _request(span).SerializeToString(), PROTOBUF)
-    assert not _export_response(response).HasField("partial_success")
+    assert not _reply(response).HasField("partial_success")
     assert _stored(db, span) == 1
 
 
@@ -250,14 +231,14 @@ UNDECODABLE = pytest.mark.parametrize(
 
 
 @UNDECODABLE
-def test_undecodable_protobuf_is_400_with_a_status(
+def test_undecodable_protobuf_is_400_with_arpc_status(
     server: RunningServer, db: Client, make_body: Callable[[], bytes]
 ) -> None:
     response = _post(server, make_body(), PROTOBUF)
 
     assert response.status_code == 400
     assert response.headers["content-type"] == PROTOBUF
-    status = _status(response)
+    status = rpc_status(response)
     assert status.code == code_pb2.INVALID_ARGUMENT
     assert "not a valid ExportTraceServiceRequest" in status.message
     _assert_http_serving(server, db)
@@ -268,7 +249,7 @@ def test_undecodable_protobuf_is_400_with_a_status(
     [b"{", b"not json", b'{"resourceSpans": [}', b'{"a": 1,}', b"\xff\xfe", b""],
     ids=["unclosed", "bare-words", "bad-array", "trailing-comma", "not-utf8", "empty"],
 )
-def test_invalid_json_is_400_with_a_json_status(
+def test_invalid_json_is_400_with_a_jsonrpc_status(
     server: RunningServer, db: Client, body: bytes
 ) -> None:
     response = _post(server, body, JSON)
@@ -291,7 +272,7 @@ def test_json_that_is_not_an_object_is_400(server: RunningServer, db: Client, bo
     response = _post(server, body, JSON)
 
     assert response.status_code == 400
-    assert "must be a JSON object" in _status(response).message
+    assert "must be a JSON object" in rpc_status(response).message
     _assert_http_serving(server, db)
 
 
@@ -334,7 +315,7 @@ def test_json_with_wrong_field_types_is_400(server: RunningServer, db: Client, b
     response = _post(server, body, JSON)
 
     assert response.status_code == 400, response.text
-    status = _status(response)
+    status = rpc_status(response)
     assert status.code == code_pb2.INVALID_ARGUMENT
     assert "not a valid OTLP/JSON ExportTraceServiceRequest" in status.message
     _assert_http_serving(server, db)
@@ -392,7 +373,7 @@ def test_deep_nesting_is_400_not_a_crash(
 
     assert response.status_code == status_code, response.content
     if status_code == 400:
-        assert _status(response).code == code_pb2.INVALID_ARGUMENT
+        assert rpc_status(response).code == code_pb2.INVALID_ARGUMENT
     _assert_http_serving(server, db)
 
 
@@ -410,7 +391,7 @@ def test_unsupported_content_type_is_415(
     response = _post(server, _request(_span("typed")).SerializeToString(), content_type)
 
     assert response.status_code == 415
-    status = _status(response)
+    status = rpc_status(response)
     assert "unsupported Content-Type" in status.message
     assert "application/x-protobuf" in status.message
     _assert_http_serving(server, db)
@@ -427,7 +408,7 @@ def test_content_type_parameters_and_case_are_accepted(
 
     response = _post(server, _request(span).SerializeToString(), content_type)
 
-    assert not _export_response(response).HasField("partial_success")
+    assert not _reply(response).HasField("partial_success")
     assert _stored(db, span) == 1
 
 
@@ -449,7 +430,7 @@ def test_body_over_max_message_bytes_is_413(
     response = _post(small_server, _chunks(body) if chunked else body, PROTOBUF)
 
     assert response.status_code == 413
-    status = _status(response)
+    status = rpc_status(response)
     assert status.code == code_pb2.INVALID_ARGUMENT
     assert f"limit of {SMALL_LIMIT}" in status.message
     _assert_http_serving(small_server, db)
@@ -462,7 +443,7 @@ def test_gzip_bomb_is_413(bomb_server: RunningServer, db: Client) -> None:
     response = _post(bomb_server, bomb, PROTOBUF, encoding="gzip")
 
     assert response.status_code == 413
-    assert f"more than {MIB} bytes" in _status(response).message
+    assert f"more than {MIB} bytes" in rpc_status(response).message
     _assert_http_serving(bomb_server, db)
 
 
@@ -473,7 +454,7 @@ def test_gzip_body_is_accepted(server: RunningServer, db: Client) -> None:
     body = gzip.compress(_request(span).SerializeToString())
     response = _post(server, body, PROTOBUF, encoding="gzip")
 
-    assert not _export_response(response).HasField("partial_success")
+    assert not _reply(response).HasField("partial_success")
     assert _stored(db, span) == 1
 
 
@@ -499,7 +480,7 @@ def test_bad_content_encoding(
     response = _post(server, body, PROTOBUF, encoding=encoding)
 
     assert response.status_code == status_code
-    assert reason in _status(response).message
+    assert reason in rpc_status(response).message
     _assert_http_serving(server, db)
 
 
@@ -513,7 +494,7 @@ def test_protobuf_span_with_8_byte_trace_id_is_a_partial_success(
 
     response = _post(server, _request(bad, good).SerializeToString(), PROTOBUF)
 
-    partial = _export_response(response).partial_success
+    partial = _reply(response).partial_success
     assert partial.rejected_spans == 1
     assert "trace_id must be 16 bytes" in partial.error_message
     assert (_stored(db, bad), _stored(db, good)) == (0, 1)
@@ -539,7 +520,7 @@ def test_json_span_with_bad_id_is_a_partial_success(
     response = _post(server, _json_request(bad, good), JSON)
 
     assert response.headers["content-type"] == JSON
-    partial = _export_response(response).partial_success
+    partial = _reply(response).partial_success
     assert partial.rejected_spans == 1
     assert reason in partial.error_message
     assert (_stored_json(db, bad), _stored_json(db, good)) == (0, 1)
@@ -565,7 +546,7 @@ def test_json_snake_case_and_64_bit_ints_are_accepted(
 
     response = _post(server, body, JSON)
 
-    assert not _export_response(response).HasField("partial_success")
+    assert not _reply(response).HasField("partial_success")
     row = db.query(
         "SELECT toUnixTimestamp64Nano(Timestamp), Duration, SpanAttributes['big'] "
         "FROM spans FINAL WHERE SpanId = {span_id:String}",
@@ -594,7 +575,7 @@ def test_spans_spread_over_many_days_are_stored(server: RunningServer, db: Clien
 
     response = _post(server, _request(*spans).SerializeToString(), PROTOBUF)
 
-    assert response.status_code == 200, _status(response).message
+    assert response.status_code == 200, rpc_status(response).message
     assert sum(_stored(db, span) for span in spans) == len(spans)
 
 
@@ -616,7 +597,7 @@ def test_one_clients_spans_do_not_fail_anothers_export(
     with ThreadPoolExecutor(2) as pool:
         responses = list(pool.map(lambda body: _post(slow_batch_server, body, PROTOBUF), bodies))
 
-    assert responses[1].status_code == 200, _status(responses[1]).message
+    assert responses[1].status_code == 200, rpc_status(responses[1]).message
     assert _stored(db, innocent) == 1
 
 

@@ -23,8 +23,7 @@ import httpx
 import orjson
 import pytest
 from clickhouse_connect.driver.client import Client
-from google.protobuf import json_format
-from google.rpc import code_pb2, status_pb2
+from google.rpc import code_pb2
 from grpc import Compression as GrpcCompression
 from opentelemetry._logs import SeverityNumber
 from opentelemetry.exporter.otlp.proto.grpc._log_exporter import OTLPLogExporter as GrpcExporter
@@ -43,14 +42,12 @@ from opentelemetry.sdk._logs.export import (
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 
-from builders import new_id, request, set_value, span
+from builders import JSON, PROTOBUF, export_reply, new_id, request, rpc_status, set_value, span
 from conftest import RunningServer, server_settings
 from tracehouse.query_api.views import rfc3339
 from tracehouse.schema.clickhouse import open_client
 from tracehouse.schema.rows import decode_attributes
 
-PROTOBUF = "application/x-protobuf"
-JSON = "application/json"
 LOGS_EXPORT = "/opentelemetry.proto.collector.logs.v1.LogsService/Export"
 MIB = 1024 * 1024
 TIMEOUT = 30.0
@@ -60,6 +57,10 @@ _bodies = itertools.count(1)
 
 
 # Reading back -----------------------------------------------------------------
+
+
+def _reply(response: httpx.Response) -> otlp_logs.ExportLogsServiceResponse:
+    return export_reply(response, otlp_logs.ExportLogsServiceResponse())
 
 
 def read_logs(db: Client) -> list[dict[str, Any]]:
@@ -317,27 +318,6 @@ def _post(
         return client.post("/v1/logs", content=body, headers=headers)
 
 
-def _status(response: httpx.Response) -> Any:
-    """The `google.rpc.Status` of an error answer, in the encoding it came in."""
-    status = status_pb2.Status()
-    if response.headers["content-type"] == PROTOBUF:
-        status.ParseFromString(response.content)
-    else:
-        assert response.headers["content-type"] == JSON
-        json_format.Parse(response.text, status)
-    return status
-
-
-def _export_response(response: httpx.Response) -> otlp_logs.ExportLogsServiceResponse:
-    assert response.status_code == 200, response.content
-    message = otlp_logs.ExportLogsServiceResponse()
-    if response.headers["content-type"] == PROTOBUF:
-        message.ParseFromString(response.content)
-    else:
-        json_format.Parse(response.text, message)
-    return message
-
-
 def _grpc_export(server: RunningServer, body: bytes) -> otlp_logs.ExportLogsServiceResponse:
     """One raw `LogsService/Export` call, so any payload can be sent."""
     with grpc.insecure_channel(server.grpc_endpoint) as channel:
@@ -351,7 +331,7 @@ def _assert_http_serving(server: RunningServer, db: Client) -> None:
     """A valid export after the bad request is answered 200 and its record is stored."""
     record = _record()
     response = _post(server, _logs_request(record).SerializeToString(), PROTOBUF)
-    assert not _export_response(response).HasField("partial_success")
+    assert not _reply(response).HasField("partial_success")
     assert _stored(db, record) == 1
 
 
@@ -416,7 +396,7 @@ def test_undecodable_protobuf_logs_are_400(
 
     assert response.status_code == 400
     assert response.headers["content-type"] == PROTOBUF
-    status = _status(response)
+    status = rpc_status(response)
     assert status.code == code_pb2.INVALID_ARGUMENT
     assert "not a valid ExportLogsServiceRequest" in status.message
     _assert_http_serving(shared_server, shared_db)
@@ -485,7 +465,7 @@ def test_json_logs_of_the_wrong_shape_are_400(
     response = _post(shared_server, body, JSON)
 
     assert response.status_code == 400, response.text
-    status = _status(response)
+    status = rpc_status(response)
     assert status.code == code_pb2.INVALID_ARGUMENT
     assert "OTLP/JSON" in status.message
     assert "ExportLogsServiceRequest" in status.message
@@ -509,7 +489,7 @@ def test_gzip_bomb_logs_are_413(
     response = _post(bomb_server, bomb, content_type, encoding="gzip")
 
     assert response.status_code == 413
-    assert f"more than {MIB} bytes" in _status(response).message
+    assert f"more than {MIB} bytes" in rpc_status(response).message
     _assert_http_serving(bomb_server, shared_db)
 
 
@@ -524,7 +504,7 @@ def test_unsupported_content_type_is_415(
     response = _post(shared_server, _logs_request(_record()).SerializeToString(), content_type)
 
     assert response.status_code == 415
-    assert "unsupported Content-Type" in _status(response).message
+    assert "unsupported Content-Type" in rpc_status(response).message
     _assert_http_serving(shared_server, shared_db)
 
 
@@ -546,7 +526,7 @@ def test_protobuf_log_with_bad_id_length_is_a_partial_success(
 
     response = _post(shared_server, _logs_request(bad, good).SerializeToString(), PROTOBUF)
 
-    partial = _export_response(response).partial_success
+    partial = _reply(response).partial_success
     assert partial.rejected_log_records == 1
     assert reason in partial.error_message
     assert (_stored(shared_db, bad), _stored(shared_db, good)) == (0, 1)
@@ -585,7 +565,7 @@ def test_json_log_with_bad_id_is_a_partial_success(
     response = _post(shared_server, _json_logs(bad, good), JSON)
 
     assert response.headers["content-type"] == JSON
-    partial = _export_response(response).partial_success
+    partial = _reply(response).partial_success
     assert partial.rejected_log_records == 1
     assert reason in partial.error_message
     assert (_stored_json(shared_db, bad), _stored_json(shared_db, good)) == (0, 1)
@@ -611,7 +591,7 @@ def _chunk(step: otlp.Span, index: int, text: str, at: int) -> logs_pb2.LogRecor
 
 
 def _send_http(server: RunningServer, body: bytes) -> otlp_logs.ExportLogsServiceResponse:
-    return _export_response(_post(server, body, PROTOBUF))
+    return _reply(_post(server, body, PROTOBUF))
 
 
 SENDERS: dict[str, Callable[[RunningServer, bytes], otlp_logs.ExportLogsServiceResponse]] = {
