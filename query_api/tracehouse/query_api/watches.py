@@ -79,10 +79,9 @@ class RunWatch:
                     await listener.wait()
                     joining, self._joining = self._joining, []
                     await self._read_and_tell(joining)
-            except Exception:
+            except Exception:  # logged here; its clients are told to reconnect
                 failed = True
                 log.exception("watching run %s failed", self._run_id)
-                raise
             finally:
                 self.closed = True
                 for watcher in [*self._joining, *self._watching]:
