@@ -30,9 +30,17 @@ from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
 
-PENDING_SPAN_TYPE = "pending_span"
-CHANNELS = ("output", "reasoning")
-_NO_PARENT = "0" * 16
+# The formats the collector reads, from the one place they are defined.
+from tracehouse.schema.rows import (
+    CHUNK_CHANNEL_KEY,
+    CHUNK_CHANNELS,
+    CHUNK_EVENT,
+    CHUNK_INDEX_KEY,
+    PENDING_NO_PARENT,
+    PENDING_PARENT_KEY,
+    PENDING_SPAN_TYPE,
+    PENDING_TYPE_KEY,
+)
 
 
 class LiveSpanProcessor(SpanProcessor):
@@ -80,8 +88,8 @@ def pending_span(span: ReadableSpan) -> ReadableSpan:
         resource=span.resource,
         attributes={
             **(span.attributes or {}),
-            "logfire.span_type": PENDING_SPAN_TYPE,
-            "logfire.pending_parent_id": f"{parent.span_id:016x}" if parent else _NO_PARENT,
+            PENDING_TYPE_KEY: PENDING_SPAN_TYPE,
+            PENDING_PARENT_KEY: f"{parent.span_id:016x}" if parent else PENDING_NO_PARENT,
         },
         kind=span.kind,
         start_time=start,
@@ -121,8 +129,8 @@ class TextStream:
 
     def write(self, text: str, channel: str = "output", span: trace_api.Span | None = None) -> None:
         """Send a chunk of `span`'s text (default: the current span's)."""
-        if channel not in CHANNELS:
-            raise ValueError(f"channel must be one of {CHANNELS}, not {channel!r}")
+        if channel not in CHUNK_CHANNELS:
+            raise ValueError(f"channel must be one of {CHUNK_CHANNELS}, not {channel!r}")
         target = span or trace_api.get_current_span()
         context = target.get_span_context()
         if not context.is_valid:
@@ -130,10 +138,10 @@ class TextStream:
         self._logger.emit(
             body=text,
             context=trace_api.set_span_in_context(target),
-            event_name="tracehouse.chunk",
+            event_name=CHUNK_EVENT,
             attributes={
-                "tracehouse.chunk.channel": channel,
-                "tracehouse.chunk.index": self._next_index(context.trace_id, context.span_id),
+                CHUNK_CHANNEL_KEY: channel,
+                CHUNK_INDEX_KEY: self._next_index(context.trace_id, context.span_id),
             },
         )
 

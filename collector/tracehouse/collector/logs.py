@@ -13,10 +13,13 @@ from opentelemetry.proto.logs.v1 import logs_pb2
 
 from tracehouse.collector.batcher import Rows
 from tracehouse.collector.spans import INT64_MAX, attribute_text, attributes_of
-from tracehouse.schema.rows import CHUNK_CHANNELS, WRITTEN_LOG_COLUMNS
+from tracehouse.schema.rows import (
+    CHUNK_CHANNEL_KEY,
+    CHUNK_CHANNELS,
+    CHUNK_INDEX_KEY,
+    WRITTEN_LOG_COLUMNS,
+)
 
-CHANNEL_KEY = "tracehouse.chunk.channel"
-INDEX_KEY = "tracehouse.chunk.index"
 _UINT32_MAX = 2**32 - 1
 
 
@@ -46,7 +49,7 @@ def log_rows(request: otlp_logs.ExportLogsServiceRequest, project_id: str) -> Ro
                 if body_type:
                     types["b.body"] = body_type
                 span_id = record.span_id.hex()
-                channel = attributes.get(CHANNEL_KEY, "")
+                channel = attributes.get(CHUNK_CHANNEL_KEY, "")
                 observed = min(record.observed_time_unix_nano, INT64_MAX)
                 values = (
                     project_id, min(record.time_unix_nano, INT64_MAX) or observed, observed,
@@ -56,7 +59,7 @@ def log_rows(request: otlp_logs.ExportLogsServiceRequest, project_id: str) -> Ro
                     scope_attributes, scope_logs.schema_url, attributes, types,
                     record.dropped_attributes_count,
                     channel if span_id and channel in CHUNK_CHANNELS else "",
-                    _index(attributes.get(INDEX_KEY, "")),
+                    _index(attributes.get(CHUNK_INDEX_KEY, "")),
                 )  # fmt: skip
                 for add, value in zip(append, values, strict=True):
                     add(value)

@@ -24,7 +24,15 @@ from tracehouse.collector.mapping_content import (
     first,
     first_attribute,
 )
-from tracehouse.schema.rows import RUN_KINDS, Status, StepKind
+from tracehouse.schema.rows import (
+    PENDING_NO_PARENT,
+    PENDING_PARENT_KEY,
+    PENDING_SPAN_TYPE,
+    PENDING_TYPE_KEY,
+    RUN_KINDS,
+    Status,
+    StepKind,
+)
 
 Attributes = Mapping[str, str]
 Events = Sequence[tuple[str, Attributes]]
@@ -68,8 +76,6 @@ class Step(NamedTuple):
 
 K = StepKind
 
-PENDING_SPAN_TYPE = "pending_span"
-_NO_PARENT = "0" * 16
 _HEX = frozenset("0123456789abcdef")
 
 
@@ -82,10 +88,10 @@ def pending_ids(attributes: Attributes, parent_span_id: str) -> tuple[str, str] 
     other span, and for a pending span too malformed to place, which is then
     kept as an ordinary span.
     """
-    if attributes.get("logfire.span_type") != PENDING_SPAN_TYPE or not parent_span_id:
+    if attributes.get(PENDING_TYPE_KEY) != PENDING_SPAN_TYPE or not parent_span_id:
         return None  # (an all-zero parent id arrives here as none)
-    parent = attributes.get("logfire.pending_parent_id", "").lower()
-    if parent == _NO_PARENT:
+    parent = attributes.get(PENDING_PARENT_KEY, "").lower()
+    if parent == PENDING_NO_PARENT:
         parent = ""
     if parent and (len(parent) != 16 or not _HEX.issuperset(parent)):
         return None

@@ -166,7 +166,18 @@ LOG_COLUMNS: tuple[Column, ...] = (
 LOGS_TABLE = "logs"
 WRITTEN_LOG_COLUMNS: tuple[str, ...] = tuple(c.name for c in LOG_COLUMNS if c.default is None)
 
+# The live formats the collector reads and the client helper writes.
+# A streamed chunk: a log record linked to its span, with these attributes.
 CHUNK_CHANNELS = ("output", "reasoning")
+CHUNK_EVENT = "tracehouse.chunk"
+CHUNK_CHANNEL_KEY = "tracehouse.chunk.channel"
+CHUNK_INDEX_KEY = "tracehouse.chunk.index"
+# A pending span (Logfire's format): these attributes, the second naming the
+# announced span's parent, all zeros for a root.
+PENDING_TYPE_KEY = "logfire.span_type"
+PENDING_SPAN_TYPE = "pending_span"
+PENDING_PARENT_KEY = "logfire.pending_parent_id"
+PENDING_NO_PARENT = "0" * 16
 
 # The root span's facts, as tuples: the runs table keeps the tuple of the
 # span with the highest `seen` (see below). What
