@@ -62,13 +62,14 @@ async def serve(
     from tracehouse.query_api.feed import ClickHouseTail, Feed
     from tracehouse.query_api.store import Store
 
+    # A bad key configuration is refused before storage is touched.
+    keys = ApiKeys.load(settings.api_keys_file, settings.api_keys)
+    log.info("API keys: %s", "required" if keys.enabled else "none configured (project default)")
     log.info("storage: %s", redact(settings.dsn))
     applied = await asyncio.to_thread(run_migrations, settings, roles.collector)
     if applied:
         log.info("schema migrated to version %d", max(applied))
     transport = live_transport(settings, roles)
-    keys = ApiKeys.load(settings.api_keys_file, settings.api_keys)
-    log.info("API keys: %s", "required" if keys.enabled else "none configured (project default)")
     async with AsyncExitStack() as stack:
         ports = Ports()
         feed = await stack.enter_async_context(Feed())

@@ -36,7 +36,7 @@ class Mapping:
 
     price: Pricer
     max_value_bytes: int
-    max_attributes: int = 1024  # per span, event, link, resource or scope
+    max_attributes: int = 1024  # per span, event or link
     max_events: int = 1024  # per span
     max_links: int = 128  # per span
     received_ns: int = 0  # when the request arrived: a clock far ahead of it is flagged

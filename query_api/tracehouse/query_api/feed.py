@@ -9,8 +9,9 @@ for several changes.
 - In one process (embedded mode), the collector's writers call `announce`
   after each insert: nothing is polled.
 - When the query API runs apart from the collector, `ClickHouseTail` asks
-  ClickHouse every `live_poll_ms` which traces have rows newer than it has
-  seen (by `IngestedAt`, on a minmax index), only while someone listens.
+  ClickHouse every `live_poll_ms` which runs moved since it last looked
+  (`runs.LastSeen` and `logs.IngestedAt`, on minmax indexes), only while
+  someone listens.
 
 `announce` may be called from any thread and never waits: a writer must
 not slow down because a WebSocket client is slow.
@@ -36,20 +37,24 @@ K = TypeVar("K")
 
 
 class Listener:
-    """Wakes when a watched run changes; `take()` says which traces did."""
+    """Wakes when a watched run changes; `wait()` says which traces did."""
 
     def __init__(self) -> None:
-        self.changed = asyncio.Event()
+        self._changed = asyncio.Event()
         self._traces: set[str] = set()
 
     def _notify(self, trace: str) -> None:
         self._traces.add(trace)
-        self.changed.set()
+        self._changed.set()
+
+    def wake(self) -> None:
+        """End the current (or next) wait with no change: its owner has work of its own."""
+        self._changed.set()
 
     async def wait(self) -> set[str]:
-        """The traces changed since the last call, once there is at least one."""
-        await self.changed.wait()
-        self.changed.clear()
+        """The traces changed since the last call (none if only woken)."""
+        await self._changed.wait()
+        self._changed.clear()
         traces, self._traces = self._traces, set()
         return traces
 

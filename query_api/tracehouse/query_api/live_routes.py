@@ -125,13 +125,12 @@ async def live_run(ws: WebSocket, run_id: str, project: ProjectDep) -> None:
     store, trees, _, watches = _state(ws)
     # Refused before the handshake completes, so the client gets the HTTP
     # answer (422, 404) with the error envelope, as from the REST routes.
-    wanted = params.run_id(run_id)
-    trace = await run_in_threadpool(store.find_trace, project, wanted)
-    if trace is None:
-        raise NotFound(f"no run {run_id}")
     # A step's id, not a run's, is refused like an unknown one.
-    if await run_in_threadpool(run_tree, store, project, wanted, trees, trace) is None:
+    wanted = params.run_id(run_id)
+    tree = await run_in_threadpool(run_tree, store, project, wanted, trees)
+    if tree is None:
         raise NotFound(f"no run {run_id}")
+    trace = tree.run.trace_id
     await ws.accept()
 
     async def watch(outbox: Outbox) -> None:

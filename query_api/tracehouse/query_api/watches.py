@@ -61,7 +61,7 @@ class RunWatch:
     def join(self, watcher: Watcher) -> None:
         self._joining.append(watcher)
         if self._listener:
-            self._listener.changed.set()
+            self._listener.wake()
 
     def leave(self, watcher: Watcher) -> None:
         self._watching.pop(watcher, None)
@@ -72,7 +72,7 @@ class RunWatch:
     async def run(self) -> None:
         with self._feed.listen(self._project, self._trace) as listener:
             self._listener = listener
-            listener.changed.set()  # the first clients joined before this ran
+            listener.wake()  # the first clients joined before this ran
             failed = False
             try:
                 while self._joining or self._watching:
