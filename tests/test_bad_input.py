@@ -231,7 +231,7 @@ UNDECODABLE = pytest.mark.parametrize(
 
 
 @UNDECODABLE
-def test_undecodable_protobuf_is_400_with_arpc_status(
+def test_undecodable_protobuf_is_400_with_a_status(
     server: RunningServer, db: Client, make_body: Callable[[], bytes]
 ) -> None:
     response = _post(server, make_body(), PROTOBUF)
@@ -249,7 +249,7 @@ def test_undecodable_protobuf_is_400_with_arpc_status(
     [b"{", b"not json", b'{"resourceSpans": [}', b'{"a": 1,}', b"\xff\xfe", b""],
     ids=["unclosed", "bare-words", "bad-array", "trailing-comma", "not-utf8", "empty"],
 )
-def test_invalid_json_is_400_with_a_jsonrpc_status(
+def test_invalid_json_is_400_with_a_json_status(
     server: RunningServer, db: Client, body: bytes
 ) -> None:
     response = _post(server, body, JSON)
