@@ -212,6 +212,12 @@ class Tally:
     first_send: float = 0.0
     last_ack: float = 0.0
 
+    @property
+    def rate(self) -> float:
+        """Spans acknowledged per second, first send to last acknowledgement."""
+        seconds = self.last_ack - self.first_send
+        return self.spans / seconds if seconds > 0 else 0.0
+
 
 @dataclass(frozen=True)
 class Backoff:

@@ -47,7 +47,7 @@ from opentelemetry.proto.collector.trace.v1 import trace_service_pb2 as otlp_tra
 from opentelemetry.proto.common.v1 import common_pb2 as otlp_common
 from opentelemetry.proto.trace.v1 import trace_pb2 as otlp
 
-from benchmarks.ingest_bench import RETRYABLE_HTTP, Server, percentile
+from benchmarks.ingest_bench import RETRYABLE_HTTP, Server, Tally, percentile
 from benchmarks.load import Export, generate
 
 KINDS = ("step_started", "output_delta", "step_finished")
@@ -168,22 +168,6 @@ def key_of(message: dict[str, Any]) -> Key:
 
 
 # -- background load ---------------------------------------------------------------------------
-
-
-@dataclass
-class Tally:
-    """What the background exporter saw."""
-
-    latencies_ms: list[float] = field(default_factory=list)
-    spans: int = 0
-    retries: int = 0
-    first_send: float = 0.0
-    last_ack: float = 0.0
-
-    @property
-    def rate(self) -> float:
-        seconds = self.last_ack - self.first_send
-        return self.spans / seconds if seconds > 0 else 0.0
 
 
 class Background:
