@@ -160,15 +160,9 @@ def _check_shapes(document: dict[str, Any], descriptor: Descriptor) -> None:
                 stack.append((item, field.message_type, where))
 
 
-# Field names in lowerCamelCase and snake_case: OTLP/JSON receivers accept both.
-_IDS = {
-    "traceId": 16,
-    "trace_id": 16,
-    "spanId": 8,
-    "span_id": 8,
-    "parentSpanId": 8,
-    "parent_span_id": 8,
-}
+# Id fields, in lowerCamelCase and snake_case: OTLP/JSON receivers accept
+# both. Their lengths are checked with the rows (`spans.py`, `logs.py`).
+_IDS = frozenset({"traceId", "trace_id", "spanId", "span_id", "parentSpanId", "parent_span_id"})
 
 
 def _hex_ids_to_base64(document: dict[str, Any], shape: Shape) -> tuple[int, str]:
@@ -205,7 +199,7 @@ def _convert_ids(item: dict[str, Any]) -> str:
     """Convert a span's (and its links') or a log record's ids; a reason if one is not hex."""
     links = item.get("links")
     for holder in (item, *(links if isinstance(links, list) else ())):
-        for key in _IDS.keys() & holder.keys():
+        for key in _IDS & holder.keys():
             value = holder[key]
             if not isinstance(value, str):
                 return f"{key} must be a hex string"
