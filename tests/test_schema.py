@@ -105,14 +105,29 @@ def test_a_database_from_before_pending_spans_upgrades_keeping_its_runs(db: Clie
     ]
     db.insert("spans", old_data, column_names=old_columns, column_oriented=True)
 
-    assert migrate(db, SINGLE_NODE, 30) == [2, 3, 4]
+    assert migrate(db, SINGLE_NODE, 30) == [2, 3, 4, 5]
 
     assert "ORDER BY (ProjectId, TraceId, SpanId, Pending)" in engine_of(db, "spans")
+    assert "min_bytes_for_wide_part = 268435456" in engine_of(db, "spans")
     runs = Runs(db)
     assert (runs.header(trace).run_id, runs.header(trace).status) == (root.hex(), "completed")
     # Pending spans work on the upgraded table, and the span already there wins.
     runs.send(pending(span("invoke_agent helper", trace, root, end=5, attributes=AGENT)))
     assert (runs.header(trace).status, runs.header(trace).step_count) == ("completed", 0)
+
+
+def test_inserted_spans_are_written_as_compact_parts(db: Client) -> None:
+    # A wide part is ~150 files for spans: too many to create per insert.
+    migrate(db, SINGLE_NODE, 30)
+    runs = Runs(db)
+    runs.send(*(span("chat", new_id(16), new_id(8), end=5) for _ in range(50)))
+    db.command("ALTER TABLE spans MODIFY SETTING min_bytes_for_wide_part = 1")
+    runs.send(span("chat", new_id(16), new_id(8), end=5))
+    types = db.query(
+        "SELECT part_type, count() FROM system.parts WHERE database = currentDatabase()"
+        " AND table IN ('spans', 'logs') AND active GROUP BY part_type ORDER BY part_type"
+    ).result_rows
+    assert types == [("Compact", 1), ("Wide", 1)]
 
 
 def test_spans_a_crash_left_without_their_run_are_folded_in_at_start(db: Client) -> None:

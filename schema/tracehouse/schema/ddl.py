@@ -49,6 +49,12 @@ class Layout:
 
 SINGLE_NODE = Layout()
 
+# Parts under this size are written "compact": one data file instead of two
+# per column and subcolumn (~150 for spans). Creating those files was half of
+# an insert's time here (perf: ext4 inode allocation, 65-75 -> 25 us/span for
+# 5,000-span inserts). Merged parts past it turn wide, for column reads.
+COMPACT_PARTS = (("min_bytes_for_wide_part", str(256 * 2**20)),)
+
 
 @dataclass(frozen=True, slots=True)
 class Table:
@@ -84,7 +90,7 @@ SPANS = Table(
     # for the retention after it was acknowledged.
     ttl_column="IngestedAt",
     # A trace is a point lookup of ~1.5 KB rows: small granules read little.
-    settings=(("ttl_only_drop_parts", "1"), ("index_granularity", "1024")),
+    settings=(("ttl_only_drop_parts", "1"), ("index_granularity", "1024"), *COMPACT_PARTS),
 )
 
 
@@ -104,7 +110,7 @@ LOGS = Table(
     shard_key="cityHash64(TraceId)",
     indexes=(("idx_ingested_at", "IngestedAt TYPE minmax GRANULARITY 1"),),
     ttl_column="IngestedAt",
-    settings=(("ttl_only_drop_parts", "1"), ("index_granularity", "1024")),
+    settings=(("ttl_only_drop_parts", "1"), ("index_granularity", "1024"), *COMPACT_PARTS),
 )
 
 
@@ -190,6 +196,15 @@ def add_indexes(table: Table, layout: Layout) -> list[str]:
         f"ADD INDEX IF NOT EXISTS {quote_identifier(name)} {spec}"
         for name, spec in table.indexes
     ]
+
+
+def modify_settings(table: Table, names: tuple[str, ...], layout: Layout) -> str:
+    """ALTER bringing the named settings of `table` to their values here."""
+    values = ", ".join(f"{k} = {v}" for k, v in table.settings if k in names)
+    return (
+        f"ALTER TABLE {quote_identifier(layout.stored(table.name))}{layout.on_cluster()} "
+        f"MODIFY SETTING {values}"
+    )
 
 
 def quote_identifier(name: str) -> str:

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from clickhouse_connect.driver.client import Client
 
 from tracehouse.schema.ddl import (
+    COMPACT_PARTS,
     LOGS,
     RUNS,
     RUNS_VIEW_SELECT,
@@ -25,6 +26,7 @@ from tracehouse.schema.ddl import (
     add_indexes,
     create_table,
     create_view,
+    modify_settings,
     modify_ttl,
     quote_identifier,
     ttl_sql,
@@ -89,6 +91,14 @@ MIGRATIONS: tuple[Migration, ...] = (
         4,
         "span warnings and the runs tail index",
         lambda layout, _: [*add_columns(SPANS, ("Warnings",), layout), *add_indexes(RUNS, layout)],
+    ),
+    Migration(
+        5,
+        "compact parts for inserts",
+        lambda layout, _: [
+            modify_settings(table, tuple(k for k, _ in COMPACT_PARTS), layout)
+            for table in (SPANS, LOGS)
+        ],
     ),
 )
 
