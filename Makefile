@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: run test lint typecheck pytest fuzz bench clean
+.PHONY: run test lint typecheck pytest fuzz bench bench-peer clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -48,5 +48,21 @@ bench: $(VENV)/.test-installed
 	$(BIN)/python -m benchmarks.live_bench
 	$(BIN)/python -m benchmarks.query_bench --runs 1000000
 
+# The same ingest load against Arize Phoenix, side by side. Phoenix is pinned
+# and lives in a virtual environment of its own: it is no project dependency.
+# `make bench-peer PEER_ARGS=--quick` for a one-minute smoke run.
+PHOENIX_VERSION := 20.26.1
+PEER_VENV := benchmarks/.peer-venv
+PEER_ARGS ?=
+
+$(PEER_VENV)/.phoenix-$(PHOENIX_VERSION):
+	$(PYTHON) -m venv $(PEER_VENV)
+	$(PEER_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(PEER_VENV)/bin/python -m pip install --quiet arize-phoenix==$(PHOENIX_VERSION)
+	touch $@
+
+bench-peer: $(VENV)/.test-installed $(PEER_VENV)/.phoenix-$(PHOENIX_VERSION)
+	$(BIN)/python -m benchmarks.peer --phoenix-venv $(PEER_VENV) $(PEER_ARGS)
+
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(PEER_VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache

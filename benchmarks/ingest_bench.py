@@ -27,17 +27,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import random
-import shutil
-import signal
-import socket
 import statistics
-import subprocess
-import sys
-import tempfile
 import time
-from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -48,6 +40,7 @@ import httpx
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2 as otlp_service
 
 from benchmarks.load import Export, generate
+from benchmarks.targets import Server, Target, wait_persisted
 from tracehouse.collector.pipeline import Format, Limits, decode_export
 from tracehouse.settings import Settings
 
@@ -56,95 +49,7 @@ RETRYABLE_GRPC = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTE
 RETRYABLE_HTTP = (429, 502, 503, 504)
 MAX_ATTEMPTS = 8
 VISIBLE_TIMEOUT = 300.0
-TICKS = os.sysconf("SC_CLK_TCK")
 MIB = 1024 * 1024
-# What the thread names seen in the collector process are doing. chDB runs a
-# query on the Python thread that calls it and names that thread "Unknown".
-THREAD_LABELS = {
-    "python": "python worker threads (decode pool: protobuf parse and mapping)",
-    "Unknown": "chDB query threads (writer: Native serialization and INSERT)",
-    "MergeMutate": "MergeMutate (ClickHouse background merges)",
-}
-
-
-# -- the server under test -------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
-class Server:
-    """`tracehouse serve` in a subprocess on a fresh data directory, read through /proc."""
-
-    def __init__(self) -> None:
-        self.dir = Path(tempfile.mkdtemp(prefix="tracehouse-ingest-"))
-        self.grpc, self.http, self.api = free_port(), free_port(), free_port()
-        self._log = (self.dir / "server.log").open("wb")
-        # Payload timestamps are fixed (a seed gives the same bytes), so no retention TTL.
-        command = [sys.executable, "-m", "tracehouse.cli", "serve", "--data-dir", str(self.dir),
-                   "--grpc-port", str(self.grpc), "--http-port", str(self.http),
-                   "--api-port", str(self.api), "--retention-days", "0",
-                   "--log-level", "warning"]  # fmt: skip
-        self.process = subprocess.Popen(command, stdout=self._log, stderr=subprocess.STDOUT)
-        self.pid = self.process.pid
-
-    def wait_ready(self, timeout: float = 120) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                sys.exit(f"server exited with {self.process.returncode}:\n{self.log_tail()}")
-            try:
-                if httpx.get(f"http://127.0.0.1:{self.api}/readyz", timeout=2).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            time.sleep(0.2)
-        sys.exit(f"server not ready in {timeout} s:\n{self.log_tail()}")
-
-    def log_tail(self) -> str:
-        self._log.flush()
-        return (self.dir / "server.log").read_text(errors="replace")[-3000:]
-
-    def cpu_seconds(self) -> float:
-        fields = Path(f"/proc/{self.pid}/stat").read_text().rpartition(")")[2].split()
-        return (int(fields[11]) + int(fields[12])) / TICKS
-
-    def thread_cpu(self) -> dict[str, float]:
-        """CPU seconds by thread name; the event loop is the main thread."""
-        seconds: dict[str, float] = defaultdict(float)
-        for task in Path(f"/proc/{self.pid}/task").iterdir():
-            try:
-                raw = (task / "stat").read_text()
-            except OSError:
-                continue  # the thread ended
-            name = raw[raw.index("(") + 1 : raw.rindex(")")]
-            fields = raw.rpartition(")")[2].split()
-            if task.name == str(self.pid):
-                name = "python main thread (event loop)"
-            elif name.startswith("python"):
-                name = "python"
-            seconds[THREAD_LABELS.get(name, name)] += (int(fields[11]) + int(fields[12])) / TICKS
-        return seconds
-
-    def memory_mib(self) -> tuple[float, float]:
-        """(peak RSS, current RSS) from /proc status."""
-        status = dict(
-            line.split(":", 1) for line in Path(f"/proc/{self.pid}/status").read_text().splitlines()
-        )
-        return int(status["VmHWM"].split()[0]) / 1024, int(status["VmRSS"].split()[0]) / 1024
-
-    def stop(self) -> None:
-        self.process.send_signal(signal.SIGTERM)
-        try:
-            self.process.wait(60)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
-        self._log.close()
-        shutil.rmtree(self.dir, ignore_errors=True)
 
 
 # -- exporters ---------------------------------------------------------------------------
@@ -209,6 +114,7 @@ class Tally:
     latencies_ms: list[float] = field(default_factory=list)
     spans: int = 0
     retries: int = 0
+    refused: int = 0  # spans of exports given up on (a dropping Backoff only)
     first_send: float = 0.0
     last_ack: float = 0.0
 
@@ -221,10 +127,12 @@ class Tally:
 
 @dataclass(frozen=True)
 class Backoff:
-    """The SDK's retry policy: doubling from `base` seconds, ±20% jitter."""
+    """The SDK's retry policy: doubling from `base` seconds, ±20% jitter. After the last
+    attempt an SDK drops the export; the benchmark fails instead, unless `drop`."""
 
     base: float
     jitter: random.Random
+    drop: bool = False
 
     def delay(self, attempt: int, hint: float) -> float:
         return (hint or self.base * 2**attempt) * self.jitter.uniform(0.8, 1.2)
@@ -242,8 +150,11 @@ async def export(sender: Sender, item: Export, tally: Tally, backoff: Backoff) -
             tally.spans += item.spans
             return
         tally.retries += 1
-        await asyncio.sleep(backoff.delay(attempt, hint))
-    raise RuntimeError(f"export not accepted after {MAX_ATTEMPTS} attempts")
+        if attempt + 1 < MAX_ATTEMPTS:
+            await asyncio.sleep(backoff.delay(attempt, hint))
+    if not backoff.drop:
+        raise RuntimeError(f"export not accepted after {MAX_ATTEMPTS} attempts")
+    tally.refused += item.spans
 
 
 async def paced(
@@ -280,36 +191,6 @@ async def saturate(senders: Sequence[Sender], items: Sequence[Export], backoff: 
     return tally
 
 
-# -- reading back through the query API -----------------------------------------------
-
-
-async def wait_visible(api: httpx.AsyncClient, runs: int) -> float:
-    """Poll the run list until it counts `runs` runs; returns when it did."""
-    deadline = time.perf_counter() + VISIBLE_TIMEOUT
-    while time.perf_counter() < deadline:
-        response = await api.get("/api/v1/runs", params={"limit": "1"})
-        response.raise_for_status()
-        if response.json()["counts"]["all"] >= runs:
-            return time.perf_counter()
-        await asyncio.sleep(0.05)
-    raise TimeoutError(f"fewer than {runs} runs visible after {VISIBLE_TIMEOUT} s")
-
-
-async def spot_check(api: httpx.AsyncClient, items: Sequence[Export], seed: int) -> str:
-    """A few runs of the phase, each with all of its steps (every span but the root)."""
-    runs = [run for item in items for run in item.runs]
-    sample = random.Random(seed).sample(runs, min(5, len(runs)))
-    wrong = []
-    for run in sample:
-        response = await api.get(f"/api/v1/runs/{run.trace_id}")
-        response.raise_for_status()
-        if response.json()["step_count"] != run.spans - 1:
-            wrong.append(f"{run.trace_id}: {response.json()['step_count']} != {run.spans - 1}")
-    return f"{len(sample) - len(wrong)}/{len(sample)} runs complete" + "".join(
-        f"; {line}" for line in wrong
-    )
-
-
 # -- one transport, end to end -------------------------------------------------------------
 
 
@@ -318,7 +199,9 @@ class Phase:
     label: str
     offered: float | None  # spans/s, None at saturation
     tally: Tally
-    seconds: float = 0.0  # first send to everything visible (saturation) or acked (paced)
+    seconds: float = 0.0  # first send to everything persisted (saturation) or acked (paced)
+    persisted: int = 0  # spans of the phase persisted when `seconds` ended
+    complete: bool = True  # everything sent was persisted before the wait timed out
     server_cpu: float = 0.0  # seconds of CPU in the phase
     client_cpu: float = 0.0
     threads: dict[str, float] = field(default_factory=dict)
@@ -333,57 +216,81 @@ class TransportResult:
     end_rss_mib: float = 0.0
 
 
-def sender_for(transport: str, server: Server) -> Sender:
-    return GrpcSender(server.grpc) if transport == "grpc" else HttpSender(server.http)
+def sender_for(transport: str, target: Target) -> Sender:
+    return GrpcSender(target.grpc) if transport == "grpc" else HttpSender(target.http)
 
 
 async def run_transport(
-    transport: str, slices: list[tuple[float | None, list[Export]]], args: argparse.Namespace
+    target: Target,
+    transport: str,
+    slices: list[tuple[float | None, list[Export]]],
+    args: argparse.Namespace,
+    wait_s: float = VISIBLE_TIMEOUT,
+    drop: bool = False,
 ) -> TransportResult:
-    server = Server()
+    """Every slice in turn against a started target, which is stopped at the end."""
     try:
-        server.wait_ready()
-        senders = [sender_for(transport, server) for _ in range(args.exporters)]
-        backoff = Backoff(args.backoff, random.Random(args.seed))
+        target.wait_ready()
+        senders = [sender_for(transport, target) for _ in range(args.exporters)]
+        backoff = Backoff(args.backoff, random.Random(args.seed), drop)
         result = TransportResult(transport, [])
-        runs_sent = 0
-        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{server.api}", timeout=60) as api:
-            for rate, items in slices:
-                runs_sent += sum(len(item.runs) for item in items)
-                phase = await run_phase(server, senders, items, rate, backoff, api, runs_sent)
-                phase.check = await spot_check(api, items, args.seed)
-                result.phases.append(phase)
-                print(f"  {transport} {phase.label}: {summary(phase)}", flush=True)
-        result.peak_rss_mib, result.end_rss_mib = server.memory_mib()
+        before = (0, 0)  # runs and spans accepted in earlier phases
+        for rate, items in slices:
+            phase = await run_phase(target, senders, items, rate, backoff, before, wait_s)
+            runs = before[0] + sum(len(item.runs) for item in items)
+            before = (runs, before[1] + phase.persisted)
+            phase.check = await asyncio.to_thread(spot_check, target, items, args.seed)
+            result.phases.append(phase)
+            print(f"  {target.name} {transport} {phase.label}: {summary(phase)}", flush=True)
+        result.peak_rss_mib, result.end_rss_mib = target.memory_mib()
         for sender in senders:
             await sender.close()
         return result
     finally:
-        server.stop()
+        target.stop()
 
 
 async def run_phase(
-    server: Server,
+    target: Target,
     senders: Sequence[Sender],
     items: list[Export],
     rate: float | None,
     backoff: Backoff,
-    api: httpx.AsyncClient,
-    runs_sent: int,
+    before: tuple[int, int],
+    wait_s: float,
 ) -> Phase:
+    """`before`: the runs and spans accepted in earlier phases, all persisted."""
     label = f"{rate:,.0f} spans/s offered" if rate else "saturation"
-    cpu, threads, client = server.cpu_seconds(), server.thread_cpu(), time.process_time()
+    cpu, threads, client = target.cpu_seconds(), target.thread_cpu(), time.process_time()
     if rate:
         tally = await paced(senders, items, rate, backoff)
     else:
         tally = await saturate(senders, items, backoff)
-    visible = await wait_visible(api, runs_sent)
+    runs = before[0] + sum(len(item.runs) for item in items)
+    progress = await wait_persisted(target, runs, before[1] + tally.spans, wait_s)
+    if not progress.complete and progress.unit == "runs":
+        raise TimeoutError(f"{progress.done:,} of {progress.of:,} runs visible after {wait_s} s")
     phase = Phase(label, rate, tally, client_cpu=time.process_time() - client)
-    phase.seconds = (visible if rate is None else tally.last_ack) - tally.first_send
-    phase.server_cpu = server.cpu_seconds() - cpu
-    after = server.thread_cpu()
+    phase.seconds = (progress.at if rate is None else tally.last_ack) - tally.first_send
+    # Short of everything, the spans the count lacks are this phase's (earlier ones completed).
+    phase.complete = progress.complete
+    missing = 0 if progress.complete else progress.of - progress.done
+    phase.persisted = tally.spans - missing
+    phase.server_cpu = target.cpu_seconds() - cpu
+    after = target.thread_cpu()
     phase.threads = {name: after[name] - threads.get(name, 0.0) for name in after}
     return phase
+
+
+def spot_check(target: Target, items: Sequence[Export], seed: int) -> str:
+    """A few runs of the phase, each with all of its spans."""
+    runs = [run for item in items for run in item.runs]
+    sample = random.Random(seed).sample(runs, min(5, len(runs)))
+    found = [(run, target.spans_of(run.trace_id)) for run in sample]
+    wrong = [f"{run.trace_id}: {n} of {run.spans} spans" for run, n in found if n != run.spans]
+    return f"{len(sample) - len(wrong)}/{len(sample)} runs complete" + "".join(
+        f"; {line}" for line in wrong
+    )
 
 
 # -- decode-only ceiling ---------------------------------------------------------------------
@@ -414,7 +321,7 @@ def percentile(values: Sequence[float], q: float) -> float:
 
 
 def rate(phase: Phase) -> float:
-    return phase.tally.spans / phase.seconds if phase.seconds else 0.0
+    return phase.persisted / phase.seconds if phase.seconds else 0.0
 
 
 def summary(phase: Phase) -> str:
@@ -555,7 +462,7 @@ def main() -> None:
     print(f"  server code: {Path(pipeline.__file__).parents[3]}", flush=True)
     transports = ["grpc", "http"] if args.transport == "both" else [args.transport]
     phases = [*zip(args.rates, slices, strict=False), (None, slices[-1])]
-    results = [asyncio.run(run_transport(t, phases, args)) for t in transports]
+    results = [asyncio.run(run_transport(Server(), t, phases, args)) for t in transports]
     report(results, decode, args)
     rates = ",".join(f"{value:g}" for value in args.rates)
     print(f"\nreproduce: .venv/bin/python -m benchmarks.ingest_bench --spans {args.spans} "

@@ -47,8 +47,9 @@ from opentelemetry.proto.collector.trace.v1 import trace_service_pb2 as otlp_tra
 from opentelemetry.proto.common.v1 import common_pb2 as otlp_common
 from opentelemetry.proto.trace.v1 import trace_pb2 as otlp
 
-from benchmarks.ingest_bench import RETRYABLE_HTTP, Server, Tally, percentile
+from benchmarks.ingest_bench import RETRYABLE_HTTP, Tally, percentile
 from benchmarks.load import Export, generate
+from benchmarks.targets import Server
 
 KINDS = ("step_started", "output_delta", "step_finished")
 BAR_MS = 250.0
