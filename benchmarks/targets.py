@@ -29,9 +29,11 @@ import httpx
 TICKS = os.sysconf("SC_CLK_TCK")
 # What the thread names seen in the collector process are doing. chDB runs a
 # query on the Python thread that calls it and names that thread "Unknown".
+CHILD_PROCESSES = "child processes"
 THREAD_LABELS = {
-    "python": "python worker threads (decode pool: protobuf parse and mapping)",
-    "Unknown": "chDB query threads (writer: Native serialization and INSERT)",
+    CHILD_PROCESSES: "decode worker processes (protobuf parse, mapping, Native encoding)",
+    "python": "python threads (gRPC server, to_thread)",
+    "Unknown": "chDB query threads (writer: the INSERT)",
     "MergeMutate": "MergeMutate (ClickHouse background merges)",
 }
 
@@ -128,33 +130,57 @@ class Process:
         self._log.flush()
         return (self.dir / "server.log").read_text(errors="replace")[-3000:]
 
+    def processes(self) -> list[int]:
+        """The server and every process under it (the collector's decode workers)."""
+        children: dict[int, list[int]] = defaultdict(list)
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                parent = int(stat.read_text().rpartition(")")[2].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue  # gone meanwhile
+            children[parent].append(int(stat.parent.name))
+        found = [self.pid]
+        for pid in found:
+            found.extend(children.get(pid, ()))
+        return found
+
     def cpu_seconds(self) -> float:
-        fields = Path(f"/proc/{self.pid}/stat").read_text().rpartition(")")[2].split()
-        return (int(fields[11]) + int(fields[12])) / TICKS
+        return sum(self.thread_cpu().values())
 
     def thread_cpu(self) -> dict[str, float]:
-        """CPU seconds by thread name; the event loop is the main thread."""
+        """CPU seconds by thread name (the event loop is the main thread); the server's
+        child processes as one entry."""
         seconds: dict[str, float] = defaultdict(float)
-        for task in Path(f"/proc/{self.pid}/task").iterdir():
-            try:
-                raw = (task / "stat").read_text()
-            except OSError:
-                continue  # the thread ended
-            name = raw[raw.index("(") + 1 : raw.rindex(")")]
-            fields = raw.rpartition(")")[2].split()
-            if task.name == str(self.pid):
-                name = "python main thread (event loop)"
-            elif name.startswith("python"):
-                name = "python"
-            seconds[THREAD_LABELS.get(name, name)] += (int(fields[11]) + int(fields[12])) / TICKS
+        for pid in self.processes():
+            for task in Path(f"/proc/{pid}/task").glob("*"):
+                try:
+                    raw = (task / "stat").read_text()
+                except OSError:
+                    continue  # the thread ended
+                name = raw[raw.index("(") + 1 : raw.rindex(")")]
+                fields = raw.rpartition(")")[2].split()
+                if pid != self.pid:
+                    name = CHILD_PROCESSES
+                elif task.name == str(self.pid):
+                    name = "python main thread (event loop)"
+                elif name.startswith("python"):
+                    name = "python"
+                cpu = (int(fields[11]) + int(fields[12])) / TICKS
+                seconds[THREAD_LABELS.get(name, name)] += cpu
         return seconds
 
     def memory_mib(self) -> tuple[float, float]:
-        """(peak RSS, current RSS) from /proc status."""
-        status = dict(
-            line.split(":", 1) for line in Path(f"/proc/{self.pid}/status").read_text().splitlines()
-        )
-        return int(status["VmHWM"].split()[0]) / 1024, int(status["VmRSS"].split()[0]) / 1024
+        """(peak RSS, current RSS) from /proc status, summed over the server's processes."""
+        peak = current = 0.0
+        for pid in self.processes():
+            try:
+                lines = Path(f"/proc/{pid}/status").read_text().splitlines()
+            except OSError:
+                continue
+            status = dict(line.split(":", 1) for line in lines)
+            peak += int(status.get("VmHWM", "0 kB").split()[0]) / 1024
+            current += int(status.get("VmRSS", "0 kB").split()[0]) / 1024
+        return peak, current
 
     def stop(self) -> None:
         self.process.send_signal(signal.SIGTERM)

@@ -16,8 +16,9 @@ from opentelemetry.proto.collector.trace.v1 import trace_service_pb2 as otlp_tra
 from opentelemetry.proto.common.v1 import common_pb2 as otlp_common
 from opentelemetry.proto.trace.v1 import trace_pb2 as otlp
 
-from tracehouse.collector.batcher import Rows
-from tracehouse.collector.pipeline import Format, Limits, decode_export
+from tracehouse.collector.batcher import Block, Rows
+from tracehouse.collector.encode import SPAN_ENCODER
+from tracehouse.collector.prepare import Format, Limits, decode_export
 from tracehouse.collector.writer import span_writer
 from tracehouse.query_api.assembly import RunHeader
 from tracehouse.query_api.runs import RunTree, trace_tree
@@ -114,6 +115,11 @@ def rows_of(spans: Iterable[otlp.Span], project: str = "default") -> Rows:
     return decode_export(body, Format.PROTOBUF, "", LIMITS, project)
 
 
+def block_of(spans: Iterable[otlp.Span], project: str = "default") -> Block:
+    """Those rows encoded for their insert, as the collector's workers hand them on."""
+    return SPAN_ENCODER.encode(rows_of(spans, project))
+
+
 def pending(real: otlp.Span) -> otlp.Span:
     """The pending span (Logfire's format) announcing `real` as started."""
     built = otlp.Span(
@@ -142,7 +148,7 @@ class Runs:
         self.store = Store(client)
 
     def send(self, *spans: otlp.Span) -> None:
-        self.writer.write(rows_of(spans))
+        self.writer.write(block_of(spans))
 
     def tree(self, trace_id: bytes) -> RunTree:
         found = trace_tree(self.store, "default", trace_id.hex())

@@ -22,7 +22,7 @@ from hypothesis import strategies as st
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2 as otlp_trace
 from opentelemetry.proto.trace.v1 import trace_pb2 as otlp
 
-from builders import new_id, rows_of
+from builders import block_of, new_id
 from conftest import FIXTURES
 from tracehouse.collector.writer import span_writer
 from tracehouse.query_api.assembly import RunHeader, Step
@@ -59,7 +59,7 @@ class Store_:
         self.store = Store(client)
 
     def send(self, spans: list[otlp.Span]) -> None:
-        self.writer.write(rows_of(spans))
+        self.writer.write(block_of(spans))
 
     def read(self, trace_id: bytes) -> tuple[RunHeader, Step]:
         found = trace_tree(self.store, "default", trace_id.hex())

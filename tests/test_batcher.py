@@ -17,8 +17,7 @@ from typing import TypeVar
 
 import pytest
 
-from tracehouse.collector.batcher import Batcher, Overloaded, Rows, WriteFailed
-from tracehouse.schema.rows import WRITTEN_SPAN_COLUMNS
+from tracehouse.collector.batcher import Batcher, Block, Overloaded, WriteFailed
 
 # Longer than any step here should take, far shorter than the `max_delay`s
 # that a size flush must beat.
@@ -27,10 +26,9 @@ LONG_DELAY = 30.0
 SHORT_DELAY = 0.01
 
 
-def labelled(label: str, count: int) -> Rows:
-    """`count` spans whose every column holds `<label><i>`."""
-    names = [f"{label}{i}" for i in range(count)]
-    return Rows(tuple(list(names) for _ in WRITTEN_SPAN_COLUMNS), count)
+def labelled(label: str, count: int) -> Block:
+    """`count` spans, encoded as `<label><i>;` each."""
+    return Block("".join(f"{label}{i};" for i in range(count)).encode(), count)
 
 
 class FakeWriter:
@@ -44,14 +42,14 @@ class FakeWriter:
         self.release = asyncio.Event()  # writes wait on it; set = not held
         self.release.set()
 
-    async def __call__(self, rows: Rows) -> None:
+    async def __call__(self, block: Block) -> None:
         self.attempts += 1
         self.in_write.set()
         try:
             await self.release.wait()
             if self.down:
                 raise ConnectionError("ClickHouse is unreachable")
-            self.written.append(list(rows.columns[0]))
+            self.written.append(block.data.decode().split(";")[:-1])
         finally:
             self.in_write.clear()
 
@@ -71,8 +69,8 @@ async def guarded(step: Awaitable[T]) -> T:
     return await asyncio.wait_for(step, HANG_GUARD)
 
 
-def submitting(batcher: Batcher, *exports: Rows) -> list[asyncio.Task[None]]:
-    return [asyncio.create_task(batcher.submit(rows)) for rows in exports]
+def submitting(batcher: Batcher, *exports: Block) -> list[asyncio.Task[None]]:
+    return [asyncio.create_task(batcher.submit(block)) for block in exports]
 
 
 async def settle() -> None:

@@ -181,6 +181,32 @@ def stored_span_counts(data_dir: Path) -> tuple[int, int]:
     return int(final), int(raw)
 
 
+def descendants(pid: int) -> set[int]:
+    """Every process under `pid`, from /proc."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            parent = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue  # gone meanwhile
+        children.setdefault(parent, []).append(int(stat.parent.name))
+    found: set[int] = set()
+    todo = [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.add(child)
+            todo.append(child)
+    return found
+
+
+def running(pid: int) -> bool:
+    """Alive, and not a zombie waiting to be reaped."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
 class Serving:
     """`tracehouse serve` as a subprocess on its own data directory, on free ports.
 
@@ -264,6 +290,7 @@ def test_acknowledged_spans_survive_kill_9_and_retries_store_the_rest_once(
     stop = threading.Event()
     sent: list[Sent] = []
     with Serving(data_dir) as first:
+        helpers = descendants(first.pid)
         loaders = [
             threading.Thread(target=keep_exporting, args=(first, t, f"{t}{i}", stop, sent))
             for i, t in enumerate(("grpc", "http", "grpc", "http"))
@@ -279,6 +306,12 @@ def test_acknowledged_spans_survive_kill_9_and_retries_store_the_rest_once(
     acknowledged = [s for s in sent if s.acknowledged]
     unacknowledged = [s for s in sent if not s.acknowledged]
     assert len(acknowledged) >= 10, "the load hardly ran before the kill"
+    # Its decode workers (and their fork server) go with it: nothing is left running.
+    assert len(helpers) >= 3
+    deadline = time.monotonic() + 10
+    while (left := {p for p in helpers if running(p)}) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not left, f"processes of the killed collector still run: {left}"
     assert unacknowledged, "the kill hit no export in flight"
 
     with Serving(data_dir) as restarted:
@@ -502,8 +535,9 @@ def test_memory_stays_bounded_under_three_times_overload(tmp_path: Path) -> None
         def saturate(ok: bool) -> float:
             return 0.0 if ok else 0.05
 
-        drive(url, bodies, spans_per_body, 8, 1.5, saturate)
-        warm_seconds = 2.5
+        # (long enough for the decode workers and merges to reach their steady pace)
+        drive(url, bodies, spans_per_body, 8, 3.0, saturate)
+        warm_seconds = 4.0
         measured = drive(url, bodies, spans_per_body, 8, warm_seconds, saturate)
         capacity = measured.accepted_spans / warm_seconds
         assert capacity > 0
@@ -511,7 +545,7 @@ def test_memory_stays_bounded_under_three_times_overload(tmp_path: Path) -> None
         baseline = sampler.rss()
 
         # Three times that, offered evenly by clients that never retry.
-        threads, seconds = 32, 10.0
+        threads, seconds = 64, 10.0  # each waits out its accepted posts
         interval = threads * spans_per_body / (3 * capacity)
         with sampler:
             load = drive(url, bodies, spans_per_body, threads, seconds, lambda ok: interval)

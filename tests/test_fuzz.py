@@ -44,10 +44,11 @@ from opentelemetry.proto.trace.v1 import trace_pb2 as otlp
 from conftest import FIXTURES, RunningServer
 from tracehouse.collector.batcher import Rows
 from tracehouse.collector.decode import DecodeError, Signal, decompress
+from tracehouse.collector.encode import LOG_ENCODER, SPAN_ENCODER
 from tracehouse.collector.logs import log_rows
 from tracehouse.collector.mapping import SpanFacts, map_span
 from tracehouse.collector.mapping_content import TRUNCATION_MARKER
-from tracehouse.collector.pipeline import Format, Limits, decode_export
+from tracehouse.collector.prepare import Format, Limits, decode_export
 from tracehouse.collector.pricing import price
 from tracehouse.schema.rows import (
     LOG_COLUMNS,
@@ -353,6 +354,10 @@ def assert_rows_hold(rows: Rows, signal: Signal, items: int) -> None:
     if signal is Signal.TRACES:
         for name in ("TraceId", "SpanId"):
             assert not any(set(v) == {"0"} for v in rows.columns[names.index(name)]), name
+    # And the decode worker can encode them for their insert.
+    block = (SPAN_ENCODER if signal is Signal.TRACES else LOG_ENCODER).encode(rows)
+    assert block.count == rows.count
+    assert bool(block.data) == bool(rows.count)
 
 
 def _protobuf_items(raw: bytes, signal: Signal) -> int:

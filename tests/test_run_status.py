@@ -257,7 +257,8 @@ def test_a_sub_run_is_found_by_its_own_id(runs: Runs) -> None:
 
 def test_oversized_inputs_are_cut_with_a_marker_and_their_size_kept(db: Client) -> None:
     from builders import LIMITS, request
-    from tracehouse.collector.pipeline import Format, Limits, decode_export
+    from tracehouse.collector.encode import SPAN_ENCODER
+    from tracehouse.collector.prepare import Format, Limits, decode_export
 
     trace = new_id(16)
     big = "x" * 5000
@@ -275,7 +276,7 @@ def test_oversized_inputs_are_cut_with_a_marker_and_their_size_kept(db: Client) 
     )
     rows = decode_export(body.SerializeToString(), Format.PROTOBUF, "",
                          Limits(LIMITS.max_decompressed_bytes, 1024), "default")  # fmt: skip
-    Runs(db).writer.write(rows)
+    Runs(db).writer.write(SPAN_ENCODER.encode(rows))
     stored, size = db.query("SELECT Input, InputBytes FROM spans").result_rows[0]
     assert size == 5000
     assert len(stored.encode()) <= 1024

@@ -7,6 +7,7 @@ environment.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from pydantic import Field, model_validator
@@ -48,6 +49,11 @@ class Settings(BaseSettings):
     )
     max_events: int = Field(1024, gt=0, description="Events kept per span; more are dropped.")
     max_links: int = Field(128, gt=0, description="Links kept per span; more are dropped.")
+    decode_workers: int = Field(
+        default_factory=lambda: os.cpu_count() or 1,
+        ge=1,
+        description="Processes decoding, mapping and encoding exports (default: one per core).",
+    )
     batch_max_spans: int = Field(20_000, gt=0, description="A batch is written at this size...")
     batch_max_delay_ms: float = Field(
         50.0, gt=0, description="...or when its oldest span has waited this long."

@@ -39,19 +39,27 @@ class Rows:
         return Rows(tuple([] for _ in range(width)), 0)
 
 
-def concat(batches: Sequence[Rows]) -> Rows:
-    """One batch of many, columns joined in order."""
-    if len(batches) == 1:
-        return batches[0]
-    joined = Rows.empty(len(batches[0].columns))
-    for batch in batches:
-        for column, part in zip(joined.columns, batch.columns, strict=True):
-            column.extend(part)
-    return Rows(
-        joined.columns,
-        sum(b.count for b in batches),
-        sum(b.rejected for b in batches),
-        next((b.error for b in batches if b.error), ""),
+@dataclass(frozen=True, slots=True)
+class Block:
+    """Rows of one table encoded for ClickHouse (`encode`), as the batcher holds them."""
+
+    data: bytes  # Native blocks, which concatenate
+    count: int
+    rejected: int = 0
+    error: str = ""
+    runs: frozenset[tuple[str, str]] = frozenset()  # (project, trace) of every row
+
+
+def join(blocks: Sequence[Block]) -> Block:
+    """One insert of many blocks."""
+    if len(blocks) == 1:
+        return blocks[0]
+    return Block(
+        b"".join(b.data for b in blocks),
+        sum(b.count for b in blocks),
+        sum(b.rejected for b in blocks),
+        next((b.error for b in blocks if b.error), ""),
+        frozenset().union(*(b.runs for b in blocks)),
     )
 
 
@@ -65,7 +73,7 @@ class WriteFailed(Exception):
 
 @dataclass(slots=True)
 class _Waiting:
-    rows: Rows
+    block: Block
     done: asyncio.Future[None]
     since: float
 
@@ -73,7 +81,7 @@ class _Waiting:
 class Batcher:
     def __init__(
         self,
-        write: Callable[[Rows], Awaitable[None]],
+        write: Callable[[Block], Awaitable[None]],
         *,
         max_spans: int,
         max_delay: float,
@@ -121,13 +129,13 @@ class Batcher:
         if self._held and self._held + spans > self._max_queued:
             raise Overloaded(f"{self._held} spans are waiting to be written")
 
-    async def submit(self, rows: Rows) -> None:
-        """Queue rows and wait until they are written."""
-        self.check_capacity(rows.count)
+    async def submit(self, block: Block) -> None:
+        """Queue a block and wait until it is written."""
+        self.check_capacity(block.count)
         done = asyncio.get_running_loop().create_future()
-        self._waiting.append(_Waiting(rows, done, time.monotonic()))
-        self._queued += rows.count
-        self._held += rows.count
+        self._waiting.append(_Waiting(block, done, time.monotonic()))
+        self._queued += block.count
+        self._held += block.count
         self._arrived.set()
         if self._queued >= self._max_spans:
             self._full.set()
@@ -142,7 +150,7 @@ class Batcher:
             await self._until_due()
             taken = self._take()
             outcomes = await self._write_all(taken)
-            self._held -= sum(w.rows.count for w in taken)
+            self._held -= sum(w.block.count for w in taken)
             for waiting, outcome in zip(taken, outcomes, strict=True):
                 if outcome is None:
                     waiting.done.set_result(None)
@@ -157,7 +165,7 @@ class Batcher:
         bad one is refused.
         """
         try:
-            await self._write(concat([w.rows for w in taken]))
+            await self._write(join([w.block for w in taken]))
             return [None] * len(taken)
         except Exception as exc:
             self._log_failure(exc)
@@ -166,7 +174,7 @@ class Batcher:
         outcomes: list[WriteFailed | None] = []
         for waiting in taken:
             try:
-                await self._write(waiting.rows)
+                await self._write(waiting.block)
                 outcomes.append(None)
             except Exception as exc:
                 outcomes.append(WriteFailed(str(exc)))
@@ -186,9 +194,9 @@ class Batcher:
     def _take(self) -> list[_Waiting]:
         """Whole exports up to `max_spans` (always at least one)."""
         taken = [self._waiting.popleft()]
-        size = taken[0].rows.count
-        while self._waiting and size + self._waiting[0].rows.count <= self._max_spans:
-            size += self._waiting[0].rows.count
+        size = taken[0].block.count
+        while self._waiting and size + self._waiting[0].block.count <= self._max_spans:
+            size += self._waiting[0].block.count
             taken.append(self._waiting.popleft())
         self._queued -= size
         return taken

@@ -22,7 +22,8 @@ from opentelemetry.proto.collector.trace.v1 import trace_service_pb2 as otlp_tra
 
 from tracehouse.collector.batcher import Overloaded, WriteFailed
 from tracehouse.collector.decode import DecodeError, Signal
-from tracehouse.collector.pipeline import ExportResult, Format, Pipeline
+from tracehouse.collector.pipeline import ExportResult, Pipeline
+from tracehouse.collector.prepare import Format
 from tracehouse.keys import Forbidden, Unauthorized
 
 log = logging.getLogger(__name__)

@@ -26,7 +26,8 @@ from tracehouse.collector.decode import (
     Signal,
     UnsupportedEncoding,
 )
-from tracehouse.collector.pipeline import Format, Pipeline
+from tracehouse.collector.pipeline import Pipeline
+from tracehouse.collector.prepare import Format
 from tracehouse.collector.receiver_grpc import export_response
 from tracehouse.keys import Forbidden, Unauthorized
 from tracehouse.metrics import metrics_endpoint

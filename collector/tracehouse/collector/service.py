@@ -11,23 +11,23 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterable
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import AsyncExitStack
 from functools import partial
 from types import TracebackType
 
 from clickhouse_connect.driver.client import Client
 
-from tracehouse.collector.batcher import Batcher, Rows
+from tracehouse.collector.batcher import Batcher, Block
 from tracehouse.collector.decode import Signal
-from tracehouse.collector.pipeline import Limits, Pipeline
+from tracehouse.collector.pipeline import Pipeline
+from tracehouse.collector.prepare import Limits
 from tracehouse.collector.receiver_grpc import GrpcReceiver
 from tracehouse.collector.receiver_http import create_otlp_app
+from tracehouse.collector.workers import Workers
 from tracehouse.collector.writer import TableWriter, log_writer, span_writer
 from tracehouse.keys import ApiKeys
 from tracehouse.listeners import HttpListener
 from tracehouse.metrics import QUEUED
-from tracehouse.schema.rows import WRITTEN_LOG_COLUMNS, WRITTEN_SPAN_COLUMNS
 from tracehouse.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -58,20 +58,22 @@ class Collector:
     async def __aenter__(self) -> Collector:
         s = self._settings
         async with AsyncExitStack() as stack:
+            written = self._written()
             writers = {
-                Signal.TRACES: span_writer(self._client, self._written(WRITTEN_SPAN_COLUMNS)),
-                Signal.LOGS: log_writer(self._client, self._written(WRITTEN_LOG_COLUMNS)),
+                Signal.TRACES: span_writer(self._client, written),
+                Signal.LOGS: log_writer(self._client, written),
             }
             batchers = {
                 signal: await stack.enter_async_context(self._batcher(writer))
                 for signal, writer in writers.items()
             }
-            executor = stack.enter_context(ThreadPoolExecutor(2, thread_name_prefix="decode"))
+            workers = stack.enter_context(Workers(s.decode_workers))
+            await workers.start()
             limits = Limits(
                 s.max_decompressed_bytes, s.max_value_bytes, s.max_spans_per_request,
                 s.max_attributes, s.max_events, s.max_links,
             )  # fmt: skip
-            pipeline = Pipeline(batchers, executor, limits, self._keys)
+            pipeline = Pipeline(batchers, workers, limits, self._keys)
             for signal, batcher in batchers.items():
                 QUEUED.labels(signal.name.lower()).set_function(partial(_held, batcher))
             grpc = await stack.enter_async_context(
@@ -94,15 +96,13 @@ class Collector:
             max_queued=s.queue_max_spans,
         )
 
-    def _written(self, columns: tuple[str, ...]) -> Callable[[Rows], None] | None:
+    def _written(self) -> Callable[[Block], None] | None:
         announce = self._announce
         if announce is None:
             return None
-        project, trace = columns.index("ProjectId"), columns.index("TraceId")
 
-        def written(rows: Rows) -> None:
-            # Lazily: with nobody watching, the feed does not even read the pairs.
-            announce(zip(rows.columns[project], rows.columns[trace], strict=True))
+        def written(block: Block) -> None:
+            announce(block.runs)
 
         return written
 

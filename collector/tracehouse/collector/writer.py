@@ -1,9 +1,10 @@
-"""The ClickHouse writer: rows in, one columnar INSERT per batch.
+"""The ClickHouse writer: encoded blocks in, one Native INSERT per batch.
 
 The one place the collector meets ClickHouse errors; they leave as
-`StorageError`. One insert context per table is made at start and reused,
-so no batch pays for a DESCRIBE. Once a batch is written, `on_written`
-hears of it (the live feed of the query API's WebSockets).
+`StorageError`. The blocks come encoded from the decode workers, so a write
+hands bytes to ClickHouse and does no per-row work here. Once a batch is
+written, `on_written` hears of it (the live feed of the query API's
+WebSockets).
 """
 
 from __future__ import annotations
@@ -11,20 +12,15 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 
 from clickhouse_connect.driver.client import Client
 from clickhouse_connect.driver.exceptions import ClickHouseError
 
-from tracehouse.collector.batcher import Rows
+from tracehouse.collector.batcher import Block
+from tracehouse.collector.encode import LOG_ENCODER, SPAN_ENCODER, Encoder
 from tracehouse.metrics import BATCH_ROWS, WRITE_SECONDS
 from tracehouse.schema.clickhouse import StorageError
-from tracehouse.schema.rows import (
-    LOGS_TABLE,
-    SPANS_TABLE,
-    WRITTEN_LOG_COLUMNS,
-    WRITTEN_SPAN_COLUMNS,
-)
 
 log = logging.getLogger(__name__)
 
@@ -34,49 +30,39 @@ log = logging.getLogger(__name__)
 # (replayed history, skewed clocks): that must not fail the insert.
 INSERT_SETTINGS = {"async_insert": 0, "throw_on_max_partitions_per_insert_block": 0}
 
+Written = Callable[[Block], None] | None
+
 
 class TableWriter:
-    def __init__(
-        self,
-        client: Client,
-        table: str,
-        columns: Sequence[str],
-        on_written: Callable[[Rows], None] | None = None,
-    ) -> None:
+    def __init__(self, client: Client, encoder: Encoder, on_written: Written = None) -> None:
         self._client = client
-        self._table = table
+        self._table = encoder.table
+        self._columns = encoder.names
         self._on_written = on_written
-        self._context = client.create_insert_context(
-            table, column_names=list(columns), column_oriented=True, settings=INSERT_SETTINGS
-        )
 
-    def write(self, rows: Rows) -> None:
-        """Insert the rows; blocking, so call it from a worker thread."""
-        self._context.data = list(rows.columns)
+    def write(self, block: Block) -> None:
+        """Insert the block; blocking, so call it from a worker thread."""
         started = time.perf_counter()
         try:
-            self._client.insert(context=self._context)
+            self._client.raw_insert(
+                self._table, self._columns, block.data, settings=INSERT_SETTINGS, fmt="Native"
+            )
         except (ClickHouseError, OSError) as exc:
-            message = f"insert of {rows.count} rows into {self._table} failed: {exc}"
+            message = f"insert of {block.count} rows into {self._table} failed: {exc}"
             raise StorageError(message) from exc
-        finally:
-            self._context.data = None
         WRITE_SECONDS.labels(self._table).observe(time.perf_counter() - started)
-        BATCH_ROWS.labels(self._table).observe(rows.count)
+        BATCH_ROWS.labels(self._table).observe(block.count)
         if self._on_written:
-            self._on_written(rows)
+            self._on_written(block)
 
-    async def write_async(self, rows: Rows) -> None:
+    async def write_async(self, block: Block) -> None:
         # chDB and the HTTP client both block; the event loop must not.
-        await asyncio.to_thread(self.write, rows)
-
-
-Written = Callable[[Rows], None] | None
+        await asyncio.to_thread(self.write, block)
 
 
 def span_writer(client: Client, on_written: Written = None) -> TableWriter:
-    return TableWriter(client, SPANS_TABLE, WRITTEN_SPAN_COLUMNS, on_written)
+    return TableWriter(client, SPAN_ENCODER, on_written)
 
 
 def log_writer(client: Client, on_written: Written = None) -> TableWriter:
-    return TableWriter(client, LOGS_TABLE, WRITTEN_LOG_COLUMNS, on_written)
+    return TableWriter(client, LOG_ENCODER, on_written)

@@ -1,0 +1,56 @@
+"""Decode workers: exports are prepared in other processes, and a lost worker costs a retry."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+
+import pytest
+
+from builders import LIMITS, new_id, request, span
+from tracehouse.collector.batcher import WriteFailed
+from tracehouse.collector.decode import DecodeError, Signal
+from tracehouse.collector.prepare import Format
+from tracehouse.collector.workers import Workers
+
+
+def export(spans: int) -> bytes:
+    trace = new_id(16)
+    return request(
+        [span("chat", trace, new_id(8), end=5) for _ in range(spans)]
+    ).SerializeToString()
+
+
+async def prepared(workers: Workers, body: bytes) -> int:
+    block = await workers.prepare(body, Format.PROTOBUF, "", LIMITS, "p", Signal.TRACES)
+    return block.count
+
+
+def test_exports_are_prepared_in_worker_processes_and_their_errors_come_back() -> None:
+    async def main() -> None:
+        with Workers(2) as workers:
+            await workers.start()
+            assert len(workers.pids) == 2
+            assert os.getpid() not in workers.pids
+            assert await asyncio.gather(*(prepared(workers, export(n)) for n in (1, 7, 30))) == [
+                1, 7, 30,
+            ]  # fmt: skip
+            with pytest.raises(DecodeError):
+                await prepared(workers, b"\xff not protobuf")
+
+    asyncio.run(main())
+
+
+def test_a_killed_worker_fails_its_export_retryably_and_the_next_one_is_prepared() -> None:
+    async def main() -> None:
+        with Workers(1) as workers:
+            await workers.start()
+            (pid,) = workers.pids
+            os.kill(pid, signal.SIGKILL)
+            await asyncio.sleep(0.5)  # the pool notices a dead worker at once; give it time
+            with pytest.raises(WriteFailed):
+                await prepared(workers, export(3))
+            assert await prepared(workers, export(3)) == 3
+
+    asyncio.run(main())
