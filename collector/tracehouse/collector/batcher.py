@@ -35,8 +35,13 @@ class Rows:
     error: str = ""  # why the first rejected item was left out
 
     @staticmethod
-    def empty(width: int) -> Rows:
-        return Rows(tuple([] for _ in range(width)), 0)
+    def of(
+        records: Sequence[tuple[Any, ...]], width: int, rejected: int = 0, error: str = ""
+    ) -> Rows:
+        """Rows from one tuple each, turned into columns at once (in C, not value by value)."""
+        if not records:
+            return Rows(tuple([] for _ in range(width)), 0, rejected, error)
+        return Rows(tuple(map(list, zip(*records, strict=True))), len(records), rejected, error)
 
 
 @dataclass(frozen=True, slots=True)

@@ -8,6 +8,8 @@ nothing are stored all the same: nothing sent is dropped.
 
 from __future__ import annotations
 
+from typing import Any
+
 from opentelemetry.proto.collector.logs.v1 import logs_service_pb2 as otlp_logs
 from opentelemetry.proto.logs.v1 import logs_pb2
 
@@ -25,9 +27,8 @@ _UINT32_MAX = 2**32 - 1
 
 def log_rows(request: otlp_logs.ExportLogsServiceRequest, project_id: str) -> Rows:
     """Every valid log record of the request as a row of `project_id`."""
-    rows = Rows.empty(len(WRITTEN_LOG_COLUMNS))
-    append = tuple(column.append for column in rows.columns)
-    count = rejected = 0
+    records: list[tuple[Any, ...]] = []
+    rejected = 0
     error = ""
     for resource_logs in request.resource_logs:
         resource_types: dict[str, str] = {}
@@ -51,7 +52,7 @@ def log_rows(request: otlp_logs.ExportLogsServiceRequest, project_id: str) -> Ro
                 span_id = record.span_id.hex()
                 channel = attributes.get(CHUNK_CHANNEL_KEY, "")
                 observed = min(record.observed_time_unix_nano, INT64_MAX)
-                values = (
+                records.append((
                     project_id, min(record.time_unix_nano, INT64_MAX) or observed, observed,
                     record.trace_id.hex(), span_id, record.flags, record.severity_text,
                     min(max(record.severity_number, 0), 255), body, record.event_name, service,
@@ -60,11 +61,8 @@ def log_rows(request: otlp_logs.ExportLogsServiceRequest, project_id: str) -> Ro
                     record.dropped_attributes_count,
                     channel if span_id and channel in CHUNK_CHANNELS else "",
                     _index(attributes.get(CHUNK_INDEX_KEY, "")),
-                )  # fmt: skip
-                for add, value in zip(append, values, strict=True):
-                    add(value)
-                count += 1
-    return Rows(rows.columns, count, rejected, error)
+                ))  # fmt: skip
+    return Rows.of(records, len(WRITTEN_LOG_COLUMNS), rejected, error)
 
 
 def _id_problem(record: logs_pb2.LogRecord) -> str:

@@ -83,8 +83,13 @@ def _genai_input(attributes: Attributes, events: Events) -> str:
     if not instructions:
         return messages
     system = {"role": "system", "parts": _loads(instructions)}
-    parsed = _loads(messages)
-    return _json([system, *(parsed if isinstance(parsed, list) else [parsed])])
+    listed = messages.strip()
+    if listed[:1] == "[" and listed[-1:] == "]":
+        # Spliced in as text: a conversation costs more to parse and write
+        # again than all the rest of its span, and its messages stay as sent.
+        head, rest = _json(system), listed[1:-1].strip()
+        return (f"[{head},{rest}]" if rest else f"[{head}]") if head else ""
+    return _json([system, _loads(messages)])
 
 
 def unflatten(attributes: Attributes, prefix: str) -> Any:

@@ -58,9 +58,8 @@ def span_rows(
     request: otlp_trace.ExportTraceServiceRequest, project_id: str, mapping: Mapping
 ) -> Rows:
     """Every valid span of the request as a row of `project_id`."""
-    rows = Rows.empty(len(WRITTEN_SPAN_COLUMNS))
-    append = tuple(column.append for column in rows.columns)
-    count = rejected = 0
+    records: list[tuple[Any, ...]] = []
+    rejected = 0
     error = ""
     for resource_spans in request.resource_spans:
         resource_types: dict[str, str] = {}
@@ -79,9 +78,9 @@ def span_rows(
                     rejected += 1
                     error = error or problem
                     continue
-                _append_span(append, project_id, span, count, context, dict(scope_types), mapping)
-                count += 1
-    return Rows(rows.columns, count, rejected, error)
+                types = dict(scope_types)
+                records.append(_span_row(project_id, span, len(records), context, types, mapping))
+    return Rows.of(records, len(WRITTEN_SPAN_COLUMNS), rejected, error)
 
 
 def _id_problem(span: otlp.Span) -> str:
@@ -94,15 +93,14 @@ def _id_problem(span: otlp.Span) -> str:
     return ""
 
 
-def _append_span(
-    append: tuple[Callable[[Any], None], ...],
+def _span_row(
     project_id: str,
     span: otlp.Span,
     index: int,
     context: tuple[Any, ...],
     types: dict[str, str],
     mapping: Mapping,
-) -> None:
+) -> tuple[Any, ...]:
     service, resource, resource_url, scope_name, scope_version, scope_attributes, scope_url = (
         context
     )
@@ -146,7 +144,7 @@ def _append_span(
     step = map_span(facts, mapping.price, mapping.max_value_bytes, pending=bool(announced))
     # Cut after the mapping, which read them whole (and kept their sizes).
     attributes = _cut(attributes, mapping.max_value_bytes, warnings)
-    values = (
+    return (
         project_id, start, span.trace_id.hex(), span_id, parent_id,
         span.trace_state, span.name, _name(SPAN_KINDS, span.kind), service, resource,
         resource_url, scope_name, scope_version, scope_attributes, scope_url, attributes, types,
@@ -157,8 +155,6 @@ def _append_span(
         event_times, event_names, event_attributes,
         link_traces, link_spans, link_states, link_attributes, *step,
     )  # fmt: skip
-    for add, value in zip(append, values, strict=True):
-        add(value)
 
 
 _UINT32_MAX = 2**32 - 1
@@ -196,7 +192,7 @@ def _capped(items: Sequence[T], limit: int, warning: str, warnings: list[str]) -
 
 def _cut(attributes: dict[str, str], limit: int, warnings: list[str]) -> dict[str, str]:
     """Values over `limit` characters cut, with a marker (the same map if none is)."""
-    if all(len(value) <= limit for value in attributes.values()):
+    if max(map(len, attributes.values()), default=0) <= limit:
         return attributes
     if ATTRIBUTE_CUT not in warnings:
         warnings.append(ATTRIBUTE_CUT)
