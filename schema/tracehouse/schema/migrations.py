@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from clickhouse_connect.driver.client import Client
 
 from tracehouse.schema.ddl import (
-    COMPACT_PARTS,
+    INGEST_SETTINGS,
     LOGS,
     RUNS,
     RUNS_VIEW_SELECT,
@@ -94,9 +94,9 @@ MIGRATIONS: tuple[Migration, ...] = (
     ),
     Migration(
         5,
-        "compact parts for inserts",
+        "cheaper inserts and merges of spans and logs",
         lambda layout, _: [
-            modify_settings(table, tuple(k for k, _ in COMPACT_PARTS), layout)
+            modify_settings(table, tuple(k for k, _ in INGEST_SETTINGS), layout)
             for table in (SPANS, LOGS)
         ],
     ),
