@@ -118,6 +118,9 @@ def server_settings(dsn: str, **overrides: Any) -> Settings:
         "api_port": 0,
         "clickhouse_url": dsn,
         "batch_max_delay_ms": 5.0,
+        # One decode worker process is enough for a test's exports, and two
+        # test processes share two cores.
+        "decode_workers": 1,
     }
     return Settings(**(values | overrides))
 
