@@ -65,9 +65,11 @@ def _exit_with(pid: int) -> None:
 def _preload() -> list[str]:
     """What the fork server imports once, so that no worker has to."""
     # multiprocessing runs the parent's main module again in each worker;
-    # clickhouse-connect's encoder imports pandas on first use (0.8 s).
+    # clickhouse-connect's encoder imports pandas on first use (0.8 s), and
+    # genai-prices its price table on the first price asked for (0.24 s).
     main = getattr(sys.modules["__main__"], "__spec__", None)
-    return ["tracehouse.collector.prepare", "pandas", "__main__", *([main.name] if main else [])]
+    lazy = ["pandas", "genai_prices.data"]
+    return ["tracehouse.collector.prepare", *lazy, "__main__", *([main.name] if main else [])]
 
 
 class Workers:
