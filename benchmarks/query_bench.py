@@ -1,11 +1,10 @@
 """Query benchmark: 1M runs and 20M steps in embedded ClickHouse, timed over real HTTP.
 
-    .venv/bin/python -m benchmarks.query_bench [--runs 1000000] [--repeat 30] [--data DIR]
+    .venv/bin/python benchmarks/query_bench.py [--runs 1000000] [--repeat 30]
 
-Generates the dataset once under benchmarks/.data (or `--data`; reused while
-its size matches, and brought to this build's schema by its migrations),
-starts the query API in this process on a free port, and reports p50/p95
-latency for the DESIGN.md §5 query bars.
+Generates the dataset once under benchmarks/.data (reused while its size
+matches), starts the query API in this process on a free port, and reports
+p50/p95 latency for the DESIGN.md §5 query bars.
 """
 
 from __future__ import annotations
@@ -45,12 +44,9 @@ def prepare(dsn: str, runs: int) -> None:
         generate_tree(client, SMALL[0], SMALL[1], size=1_000, children=10)
         generate_tree(client, BIG[0], BIG[1], size=100_000, children=100)
         print(f"  generated in {time.perf_counter() - began:.0f} s", flush=True)
-    # Measure the steady state, not the minutes of merging after a bulk load,
-    # nor a run list waiting for its first snapshot.
+    # Measure the steady state, not the minutes of merging after a bulk load.
     while client.query("SELECT count() FROM system.merges").result_rows[0][0]:
         time.sleep(1)
-    client.command("SYSTEM REFRESH VIEW run_snapshot_mv")
-    client.command("SYSTEM WAIT VIEW run_snapshot_mv")
     spans = client.query("SELECT count() FROM spans").result_rows[0][0]
     traces = client.query("SELECT uniqExact(TraceId) FROM runs").result_rows[0][0]
     print(f"dataset: {traces:,} runs, {spans:,} spans")
@@ -95,10 +91,9 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--runs", type=int, default=1_000_000)
     parser.add_argument("--repeat", type=int, default=30)
-    parser.add_argument("--data", type=Path, default=DATA, help="where the dataset is kept")
     args = parser.parse_args()
-    args.data.mkdir(parents=True, exist_ok=True)
-    dsn = f"chdb://{args.data.resolve()}?database=bench_{args.runs}"
+    DATA.mkdir(parents=True, exist_ok=True)
+    dsn = f"chdb://{DATA}?database=bench_{args.runs}"
     prepare(dsn, args.runs)
     base, shutdown = start_api(dsn)
     scenarios = {

@@ -20,43 +20,12 @@ from tracehouse.query_api.assembly import (
     stand_in_root,
 )
 from tracehouse.query_api.sql import RunFilter
-from tracehouse.query_api.store import RunKey, Store
+from tracehouse.query_api.store import Store
 
 
 class RunTree(NamedTuple):
     run: RunHeader
     root: Step
-
-
-class HeaderCache:
-    """Top-level run headers, kept while no row of their trace arrives.
-
-    A run list names each run with its trace's last arrival
-    (`RunKey.last_seen_ns`), which any span arriving moves: a header read
-    at that same arrival is current, and the runs of a first page that did
-    not move need no read (a page of 50 headers is ~100-200 ms at a million
-    runs). Bounded by count.
-    """
-
-    def __init__(self, max_runs: int = 10_000) -> None:
-        self._max_runs = max_runs
-        self._headers: OrderedDict[tuple[str, str], RunHeader] = OrderedDict()
-        self._lock = threading.Lock()
-
-    def get(self, project: str, key: RunKey) -> RunHeader | None:
-        with self._lock:
-            cached = self._headers.get((project, key.trace_id))
-            if cached is None or cached.last_seen_ns != key.last_seen_ns:
-                return None
-            self._headers.move_to_end((project, key.trace_id))
-            return cached
-
-    def put(self, project: str, header: RunHeader) -> None:
-        with self._lock:
-            self._headers.pop((project, header.trace_id), None)
-            self._headers[(project, header.trace_id)] = header
-            while len(self._headers) > self._max_runs:
-                self._headers.popitem(last=False)
 
 
 class TreeCache:
@@ -66,7 +35,6 @@ class TreeCache:
     time); assembling it once saves the rest from reading every span again.
     Any span arriving moves the header's `last_seen_ns`, so an equal header
     seen at the same moment means the tree is current. Bounded by steps.
-    It keeps the run list's headers too (`headers`).
     """
 
     def __init__(self, max_steps: int) -> None:
@@ -74,7 +42,6 @@ class TreeCache:
         self._steps = 0
         self._trees: OrderedDict[tuple[str, str], RunTree] = OrderedDict()
         self._lock = threading.Lock()
-        self.headers = HeaderCache()
 
     def get(self, project: str, top: RunHeader) -> RunTree | None:
         with self._lock:
@@ -183,11 +150,12 @@ def run_page(
     cache: TreeCache | None = None,
 ) -> RunPage:
     """One page of the run list, newest first, with the status counts of the whole list."""
-    keys, counts = store.run_page(project, f, cursor, limit)
+    keys = store.list_runs(project, f, cursor, limit)
     page = keys[:limit]
     more = len(keys) > limit
-    next_cursor = (page[-1].started_ns, page[-1].run_id) if more and page else None
-    return RunPage(_headers(store, project, page, cache), counts, next_cursor)
+    next_cursor = (page[-1][2], page[-1][1]) if more and page else None
+    runs = _headers(store, project, page, cache)
+    return RunPage(runs, store.count_runs(project, f), next_cursor)
 
 
 # Enough for every run of a few hundred traces, sub-runs included.
@@ -203,16 +171,14 @@ def changed_runs(
 
 
 def _headers(
-    store: Store, project: str, keys: list[RunKey], cache: TreeCache | None
+    store: Store, project: str, keys: list[tuple[str, str, int, bool]], cache: TreeCache | None
 ) -> list[RunHeader]:
-    top = _top_runs(store, project, [key for key in keys if not key.nested], cache)
+    top = store.top_runs(project, [trace for trace, _, _, nested in keys if not nested])
     trees: dict[str, RunTree | None] = {}
     runs = []
-    for trace, run_id, _, nested, _ in keys:
+    for trace, run_id, _, nested in keys:
         if not nested:
-            # Absent only if retention dropped the run since the list's snapshot.
-            if trace in top:
-                runs.append(with_parent(store, project, top[trace]))
+            runs.append(with_parent(store, project, top[trace]))
             continue
         if trace not in trees:
             trees[trace] = trace_tree(store, project, trace, cache=cache)
@@ -221,22 +187,6 @@ def _headers(
         if found and found[0].run:
             runs.append(found[0].run)
     return runs
-
-
-def _top_runs(
-    store: Store, project: str, keys: list[RunKey], cache: TreeCache | None
-) -> dict[str, RunHeader]:
-    """Headers by trace: those cached at the keys' arrival, the rest read (and cached)."""
-    known = {}
-    for key in keys:
-        if cache and (header := cache.headers.get(project, key)):
-            known[key.trace_id] = store.restale(header)
-    missing = [key.trace_id for key in keys if key.trace_id not in known]
-    read = store.top_runs(project, missing) if missing else {}
-    for header in read.values():
-        if cache:
-            cache.headers.put(project, header)
-    return known | read
 
 
 class StepRecord(NamedTuple):

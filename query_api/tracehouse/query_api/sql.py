@@ -7,12 +7,6 @@ Reads of `spans` use FINAL: a retried export wrote some spans twice, and
 until ClickHouse merges them only FINAL hides the copy. A step can also
 have a second row, its pending span (`Pending = 1`): reads count it once
 and prefer the span itself.
-
-Conditions on sorting-key columns (project, trace, span) go in PREWHERE,
-which ClickHouse applies before FINAL: that is correct for key columns (all
-copies of a row share them) and spares reading every column of every
-granule the primary key could not rule out, in every part: a point read of
-51 traces went from ~1.6 s to ~0.2 s at 20M spans.
 """
 
 from __future__ import annotations
@@ -20,40 +14,42 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from tracehouse.schema.ddl import RUN_KEY_COLUMNS
 from tracehouse.schema.rows import PREVIEW_CHARS
 
-# The top-level run of each trace, folded from the runs table, with the
-# status rules the whole API shares (and the run list's snapshot, built by
-# ClickHouse with the same text).
-_RUN_KEY_COLUMNS = RUN_KEY_COLUMNS
+# The top-level run of each trace, folded from the runs table. Its status
+# is decided here, so that lists, counts and headers all agree:
+# - the root span has not arrived: `failed` if a step under the root's id
+#   failed (some frameworks never send a run's span when it raises),
+#   otherwise `running`;
+# - a root that is neither agent nor workflow (a wrapper, an HTTP handler)
+#   that completed while an agent directly under it failed: `failed`;
+# - otherwise what happened to the root span.
+_RUN_KEY_COLUMNS = """
+    TraceId AS trace_id,
+    if(root.seen > 0, root.span_id, topmost.2) AS run_id,
+    if(root.seen > 0, root.name, topmost.3) AS name,
+    if(root.seen > 0, root.kind, 'span') AS kind,
+    multiIf(
+        root.seen = 0, if(has(FailedParents, topmost.2), 'failed', 'running'),
+        root.status = 'completed' AND root.kind NOT IN ('agent', 'workflow')
+            AND has(FailedAgentParents, root.span_id), 'failed',
+        root.status
+    ) AS status,
+    if(root.trigger != '', root.trigger, if(root.link_span != '', 'subagent', 'unknown'))
+        AS trigger,
+    root.version AS version,
+    root.session_id AS session_id,
+    toUnixTimestamp64Nano(Start) AS started_ns,
+    root.link_span AS link_span,
+    root.link_span != '' AS is_sub_run,
+    root.seen > 0 AS root_seen"""
 
 # FINAL folds a trace's partial rows as a GROUP BY would, and skips the work
 # for parts that merges already folded: far cheaper on big tables.
 _RUNS_FROM = """
 FROM (SELECT *, RootKey AS root, Topmost AS topmost FROM runs FINAL
-      PREWHERE ProjectId = {project:String} /*scope*/)
+      WHERE ProjectId = {project:String} /*scope*/)
 """
-
-# A few traces' partial rows folded with GROUP BY, as the columns of `runs`
-# (`/*traces*/`: the traces, a set or a subquery). PREWHERE on the sorting
-# key reads their granules only; FINAL would merge every part they might be
-# in (a page of 50 headers: ~120 against ~200 ms at a million runs).
-_FOLDED = """
-(SELECT TraceId, run_start AS Start, last_seen AS LastSeen, root, topmost,
-    failed AS FailedParents, failed_agents AS FailedAgentParents, detail AS RootDetail,
-    service AS Service, first_llm AS FirstLlm, last_llm AS LastLlm
-FROM (
-    SELECT TraceId, min(Start) AS run_start, max(LastSeen) AS last_seen,
-        max(RootKey) AS root, min(Topmost) AS topmost,
-        groupUniqArrayArray(FailedParents) AS failed,
-        groupUniqArrayArray(FailedAgentParents) AS failed_agents,
-        max(RootDetail) AS detail, max(Service) AS service,
-        min(FirstLlm) AS first_llm, max(LastLlm) AS last_llm
-    FROM runs
-    PREWHERE ProjectId = {project:String} AND TraceId IN /*traces*/
-    GROUP BY TraceId
-))"""
 
 # Headers of the top-level runs of the given traces.
 RUNS_SQL = f"""
@@ -67,14 +63,10 @@ SELECT {_RUN_KEY_COLUMNS},
     if(RootDetail.output != '', RootDetail.output, LastLlm.3) AS output_preview,
     RootDetail.link_trace AS link_trace,
     toUnixTimestamp64Nano(LastSeen) AS last_seen_ns
-FROM {_FOLDED.replace("/*traces*/", "{traces:Array(String)}")}
+{_RUNS_FROM.replace("/*scope*/", "AND TraceId IN {traces:Array(String)}")}
 """
 
-# What a run header needs from every step of its trace. Without FINAL: the
-# copies a retried export wrote are the same span, so keeping one of each
-# (LIMIT 1 BY) sums the same, and skips FINAL's merge of every part of
-# `spans` the traces' keys fall in (~200 ms for a page of 50 at 20M spans,
-# against ~15 ms).
+# What a run header needs from every step of its trace.
 TRACE_TOTALS_SQL = """
 SELECT
     TraceId,
@@ -86,13 +78,8 @@ SELECT
     sumOrNullIf(CostUsd, Pending = 0) AS cost_usd,
     argMinIf((ErrorType, ErrorMessage), Timestamp, StepStatus IN ('failed', 'cancelled'))
         AS first_error
-FROM (
-    SELECT TraceId, SpanId, Pending, StepKind, InputTokens, OutputTokens, TotalTokens, CostUsd,
-        ErrorType, ErrorMessage, Timestamp, StepStatus
-    FROM spans
-    PREWHERE ProjectId = {project:String} AND TraceId IN {traces:Array(String)}
-    LIMIT 1 BY TraceId, SpanId, Pending
-)
+FROM spans FINAL
+WHERE ProjectId = {project:String} AND TraceId IN {traces:Array(String)}
 GROUP BY TraceId
 """
 
@@ -105,7 +92,7 @@ SELECT
     substringUTF8(Output, 1, {PREVIEW_CHARS}), Trigger, Version, SessionId, ServiceName, Warnings,
     Pending
 FROM spans FINAL
-PREWHERE ProjectId = {{project:String}} AND TraceId = {{trace:String}}
+WHERE ProjectId = {{project:String}} AND TraceId = {{trace:String}}
 """
 
 TRACE_EXISTS_SQL = """
@@ -122,48 +109,17 @@ LIMIT 1
 # Every run a list can show: top-level runs (one per trace; a root that
 # links into another trace's run is a sub-run) and, on request, the agent
 # and workflow spans below them.
-#
-# Top-level runs come from the snapshot ClickHouse rebuilds every 30 s
-# (`run_snapshot`: one narrow row per run, newest last in its sorting key),
-# except runs with rows that arrived after the snapshot read `runs` (less the
-# store's margin, `snapshot_margin` ns, for inserts in flight): those are
-# folded fresh from `runs` and stand in for their snapshot row (all fresh
-# before a first snapshot). So a list of a million runs reads one narrow row
-# per run, or a granule for a first page, instead of folding them all. One
-# refresh wrote every row of a snapshot: they share its `snapshot_at`.
-_FRESH_TRACES = """
-SELECT DISTINCT TraceId FROM runs
-WHERE ProjectId = {project:String} AND LastSeen >= fromUnixTimestamp64Nano(greatest(0, (
-    SELECT toUnixTimestamp64Nano(snapshot_at) FROM run_snapshot
-    WHERE ProjectId = {project:String} LIMIT 1) - {snapshot_margin:Int64}))
-"""
-
-_LIST_COLUMNS = (
-    "trace_id, run_id, name, status, trigger, version, session_id, started_ns, is_sub_run, "
-    "nested, last_seen_ns"
-)
-
-_SNAPSHOT = f"""
-SELECT {_LIST_COLUMNS.replace("nested", "0 AS nested")}
-FROM run_snapshot
-WHERE ProjectId = {{project:String}}"""
-_SNAPSHOT_RUNS = f"{_SNAPSHOT} AND trace_id NOT IN /*fresh*/"
-# The snapshot's rows of the runs read fresh (found by its trace id index).
-_SNAPSHOT_MOVED = f"{_SNAPSHOT} AND trace_id IN /*fresh*/"
-
-_FRESH_RUNS = f"""
-SELECT {_LIST_COLUMNS.replace("nested", "0 AS nested")}
-FROM (
-    SELECT {_RUN_KEY_COLUMNS}, toUnixTimestamp64Nano(LastSeen) AS last_seen_ns
-    FROM {_FOLDED.replace("/*traces*/", "/*fresh*/")}
-)
+_TOP_LEVEL = f"""
+SELECT trace_id, run_id, name, status, trigger, version, session_id, started_ns, is_sub_run,
+    0 AS nested
+FROM (SELECT {_RUN_KEY_COLUMNS} {_RUNS_FROM.replace("/*scope*/", "")})
 """
 
 _NESTED = """
 SELECT TraceId AS trace_id, SpanId AS run_id, StepName AS name, StepStatus AS status,
     if(Trigger != '', Trigger, 'subagent') AS trigger, Version AS version,
     SessionId AS session_id, toUnixTimestamp64Nano(Timestamp) AS started_ns, 1 AS is_sub_run,
-    1 AS nested, 0 AS last_seen_ns
+    1 AS nested
 FROM spans FINAL
 WHERE ProjectId = {project:String} AND StepKind IN ('agent', 'workflow') AND ParentSpanId != ''
 ORDER BY Pending LIMIT 1 BY TraceId, SpanId
@@ -219,73 +175,34 @@ def _where(f: RunFilter, with_status: bool) -> tuple[list[str], dict[str, Any]]:
     return clauses, params
 
 
-# The store reads the fresh runs' traces first (FRESH_TRACES_SQL) and binds
-# them as `fresh`: a set known before the query lets the primary key of
-# `runs` and the index of the snapshot find them (a subquery's set is built
-# too late for that, and costs a ~20 ms scan of every trace id). Past this
-# many (before a first snapshot, say) the queries find them themselves.
-FRESH_INLINE_MAX = 10_000
-FRESH_TRACES_SQL = _FRESH_TRACES + f"LIMIT {FRESH_INLINE_MAX + 1}"
-
-
-def _sources(f: RunFilter, fresh_bound: bool) -> list[str]:
-    fresh = "{fresh:Array(String)}" if fresh_bound else f"({_FRESH_TRACES})"
-    sources = [_SNAPSHOT_RUNS, _FRESH_RUNS, _NESTED] if f.include_subruns else [
-        _SNAPSHOT_RUNS, _FRESH_RUNS]  # fmt: skip
-    return [source.replace("/*fresh*/", fresh) for source in sources]
+def _candidates(f: RunFilter) -> str:
+    return f"({_TOP_LEVEL} UNION ALL {_NESTED})" if f.include_subruns else f"({_TOP_LEVEL})"
 
 
 def list_runs(
-    f: RunFilter, cursor: tuple[int, str] | None, limit: int, fresh_bound: bool = False
+    f: RunFilter, cursor: tuple[int, str] | None, limit: int
 ) -> tuple[str, dict[str, Any]]:
-    """Newest first, one page and one more: (trace_id, run_id, started_ns, nested, last_seen_ns).
-
-    `fresh_bound`: the caller binds `fresh`, the traces of FRESH_TRACES_SQL.
-    """
+    """Newest first: (trace_id, run_id, started_ns, nested) of one page, and one more."""
     clauses, params = _where(f, with_status=True)
     if cursor is not None:
         # Keyset paging: runs that arrive meanwhile sort before the cursor,
-        # so paging on never repeats or skips one. The bound on the start
-        # alone lets the sorting key skip what is newer.
+        # so paging on never repeats or skips one.
         clauses.append("(started_ns, run_id) < ({cursor_start:Int64}, {cursor_id:String})")
-        clauses.append("started_ns <= {cursor_start:Int64}")
         params |= {"cursor_start": cursor[0], "cursor_id": cursor[1]}
     params["limit"] = limit + 1
     where = " AND ".join(clauses) or "1"
-    order = "ORDER BY started_ns DESC, run_id DESC LIMIT {limit:UInt32}"
-    # Each source keeps its own first page (the snapshot's is a reverse read
-    # of its sorting key), then the pages are merged.
-    pages = " UNION ALL ".join(
-        f"(SELECT {_LIST_COLUMNS} FROM ({source}) WHERE {where} {order})"
-        for source in _sources(f, fresh_bound)
+    sql = (
+        f"SELECT trace_id, run_id, started_ns, nested FROM {_candidates(f)} WHERE {where} "
+        "ORDER BY started_ns DESC, run_id DESC LIMIT {limit:UInt32}"
     )
-    sql = f"SELECT trace_id, run_id, started_ns, nested, last_seen_ns FROM ({pages}) {order}"
     return sql, params
 
 
-def count_runs(f: RunFilter, fresh_bound: bool = False) -> tuple[str, dict[str, Any]]:
-    """Runs per status under every filter but the status one (`fresh_bound` as in list_runs).
-
-    The whole snapshot is counted, then its rows of runs that moved are
-    taken off again and those runs counted fresh: cheaper than asking each
-    of a million snapshot rows whether its run moved.
-    """
+def count_runs(f: RunFilter) -> tuple[str, dict[str, Any]]:
+    """Runs per status under every filter but the status one."""
     clauses, params = _where(f, with_status=False)
     where = " AND ".join(clauses) or "1"
-    # The whole snapshot straight from its table, so that ClickHouse can
-    # answer from its per-status projection when nothing but the project and
-    # `is_sub_run` narrows it.
-    whole = "run_snapshot WHERE ProjectId = {project:String} AND"
-    fresh = "{fresh:Array(String)}" if fresh_bound else f"({_FRESH_TRACES})"
-    moved = _SNAPSHOT_MOVED.replace("/*fresh*/", fresh)
-    signed = [(whole, ""), (f"({moved}) WHERE", "-")] + [
-        (f"({source}) WHERE", "") for source in _sources(f, fresh_bound)[1:]
-    ]
-    counted = " UNION ALL ".join(
-        f"(SELECT status, {sign}toInt64(count()) AS n FROM {source} {where} GROUP BY status)"
-        for source, sign in signed
-    )
-    return f"SELECT status, sum(n) FROM ({counted}) GROUP BY status", params
+    return f"SELECT status, count() FROM {_candidates(f)} WHERE {where} GROUP BY status", params
 
 
 def stats(f: RunFilter, bucket_seconds: int) -> dict[str, tuple[str, dict[str, Any]]]:
@@ -354,7 +271,7 @@ STEP_SQL = """
 SELECT *, toUnixTimestamp64Nano(Timestamp) AS start_ns,
     arrayMap(t -> toUnixTimestamp64Nano(t), `Events.Timestamp`) AS event_ns
 FROM spans FINAL
-PREWHERE ProjectId = {project:String} AND TraceId = {trace:String} AND SpanId = {step:String}
+WHERE ProjectId = {project:String} AND TraceId = {trace:String} AND SpanId = {step:String}
 ORDER BY Pending
 LIMIT 1
 """
@@ -384,8 +301,8 @@ CHUNKS_SQL = """
 SELECT SpanId, Channel, Body, toUnixTimestamp64Nano(Timestamp) AS at, ChunkIndex,
     toUnixTimestamp64Nano(IngestedAt)
 FROM logs FINAL
-PREWHERE ProjectId = {project:String} AND TraceId = {trace:String}
-WHERE Channel != '' AND IngestedAt > fromUnixTimestamp64Nano({since:Int64})
+WHERE ProjectId = {project:String} AND TraceId = {trace:String} AND Channel != ''
+    AND IngestedAt > fromUnixTimestamp64Nano({since:Int64})
 ORDER BY at, ChunkIndex
 """
 
@@ -394,7 +311,7 @@ ORDER BY at, ChunkIndex
 STEP_LOGS_SQL = """
 SELECT *, toUnixTimestamp64Nano(Timestamp) AS at
 FROM logs FINAL
-PREWHERE ProjectId = {project:String} AND TraceId = {trace:String} AND SpanId = {step:String}
+WHERE ProjectId = {project:String} AND TraceId = {trace:String} AND SpanId = {step:String}
 ORDER BY ChunkIndex, at
 LIMIT 10000
 """

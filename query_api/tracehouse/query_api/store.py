@@ -9,8 +9,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from dataclasses import replace
-from typing import Any, NamedTuple
+from typing import Any
 
 from clickhouse_connect.driver.client import Client
 from clickhouse_connect.driver.exceptions import ClickHouseError
@@ -22,32 +21,14 @@ from tracehouse.schema.clickhouse import StorageError
 from tracehouse.schema.migrations import MIGRATIONS, applied_versions
 
 
-class RunKey(NamedTuple):
-    """A run of a list: where it is, where it sorts, and whether it moved."""
-
-    trace_id: str
-    run_id: str
-    started_ns: int
-    nested: bool  # an agent or workflow step below its trace's top-level run
-    last_seen_ns: int  # when a row of its trace last arrived (0 for a nested run)
-
-
 class QueryTimeout(StorageError):
     """ClickHouse stopped a query at the request timeout (`max_execution_time`)."""
 
 
 class Store:
-    def __init__(
-        self, client: Client, stale_after_s: float = 1800.0, snapshot_margin_s: float = 10.0
-    ) -> None:
+    def __init__(self, client: Client, stale_after_s: float = 1800.0) -> None:
         self._client = client
         self._stale_after_ns = int(stale_after_s * 1e9)
-        # How long before the run list's snapshot read `runs` an insert may
-        # have stamped its rows (`IngestedAt`) and still not been visible to
-        # it: runs that moved since are read fresh (sql.py, `_FRESH_TRACES`).
-        # An insert is visible well under a second after its stamp; ten
-        # seconds cover one delayed by too many parts.
-        self._snapshot_margin_ns = int(snapshot_margin_s * 1e9)
 
     def _query(self, sql: str, parameters: dict[str, Any]) -> QueryResult:
         """The one place a query runs: ClickHouse's errors leave as StorageError."""
@@ -81,52 +62,22 @@ class Store:
         """The top-level run of each trace, by trace id (absent: nothing stored)."""
         parameters = {"project": project, "traces": list(trace_ids)}
         totals = {row[0]: row for row in self._rows(sql.TRACE_TOTALS_SQL, parameters)}
-        stale_before = self._stale_before()
+        stale_before = time.time_ns() - self._stale_after_ns
         return {
             row[0]: _header(row, totals.get(row[0]), stale_before)
             for row in self._rows(sql.RUNS_SQL, parameters)
         }
 
-    def restale(self, header: RunHeader) -> RunHeader:
-        """A header read earlier, `stale` as of now (a running run goes quiet)."""
-        stale = header.status == "running" and header.last_seen_ns < self._stale_before()
-        return header if stale == header.stale else replace(header, stale=stale)
-
-    def _stale_before(self) -> int:
-        return time.time_ns() - self._stale_after_ns
-
     def list_runs(
         self, project: str, f: sql.RunFilter, cursor: tuple[int, str] | None, limit: int
-    ) -> list[RunKey]:
-        return self._list(self._list_scope(project), f, cursor, limit)
+    ) -> list[tuple[str, str, int, bool]]:
+        query, parameters = sql.list_runs(f, cursor, limit)
+        rows = self._rows(query, parameters | {"project": project})
+        return [(str(t), str(r), int(s), bool(sub)) for t, r, s, sub in rows]
 
-    def run_page(
-        self, project: str, f: sql.RunFilter, cursor: tuple[int, str] | None, limit: int
-    ) -> tuple[list[RunKey], dict[str, int]]:
-        """A page of the list and its counts, the runs that moved found once for both."""
-        scope = self._list_scope(project)
-        return self._list(scope, f, cursor, limit), self._count(scope, f)
-
-    def _list(
-        self,
-        scope: dict[str, Any],
-        f: sql.RunFilter,
-        cursor: tuple[int, str] | None,
-        limit: int,
-    ) -> list[RunKey]:
-        query, parameters = sql.list_runs(f, cursor, limit, "fresh" in scope)
-        rows = self._rows(query, parameters | scope)
-        return [RunKey(str(t), str(r), int(s), bool(sub), int(seen)) for t, r, s, sub, seen in rows]
-
-    def _count(self, scope: dict[str, Any], f: sql.RunFilter) -> dict[str, int]:
-        query, parameters = sql.count_runs(f, "fresh" in scope)
-        return {str(s): int(n) for s, n in self._rows(query, parameters | scope)}
-
-    def _list_scope(self, project: str) -> dict[str, Any]:
-        """The parameters of a list's sources: with `fresh` unless there are too many."""
-        scope: dict[str, Any] = {"project": project, "snapshot_margin": self._snapshot_margin_ns}
-        fresh = [str(row[0]) for row in self._rows(sql.FRESH_TRACES_SQL, scope)]
-        return scope | {"fresh": fresh} if len(fresh) <= sql.FRESH_INLINE_MAX else scope
+    def count_runs(self, project: str, f: sql.RunFilter) -> dict[str, int]:
+        query, parameters = sql.count_runs(f)
+        return {str(s): int(n) for s, n in self._rows(query, parameters | {"project": project})}
 
     def stats(
         self, project: str, f: sql.RunFilter, bucket_seconds: int

@@ -18,8 +18,6 @@ from tracehouse.schema.rows import (
     ROOT_DETAIL_TUPLE,
     ROOT_KEY_TUPLE,
     RUN_COLUMNS,
-    RUN_SNAPSHOT_COLUMNS,
-    RUN_SNAPSHOT_TABLE,
     RUNS_TABLE,
     SPAN_COLUMNS,
     SPANS_TABLE,
@@ -72,10 +70,6 @@ class Table:
     ttl_column: str = ""  # a DateTime64 column; rows older than the retention are dropped
     settings: tuple[tuple[str, str], ...] = ()
     indexes: tuple[tuple[str, str], ...] = ()  # (name, "expression TYPE ... GRANULARITY n")
-    projections: tuple[tuple[str, str], ...] = ()  # (name, "SELECT ...")
-    # False for a table every replica computes for itself (a refreshed
-    # snapshot): replicating it would write each refresh once per replica.
-    replicated: bool = True
 
 
 SPANS = Table(
@@ -173,88 +167,6 @@ GROUP BY ProjectId, TraceId
 """
 
 
-# The top-level run of each trace, from the columns of `runs` folded (FINAL
-# or GROUP BY, as `root`, `topmost`, `FailedParents`, `FailedAgentParents`,
-# `Start`). Its status is decided here, so that lists, counts and headers all
-# agree:
-# - the root span has not arrived: `failed` if a step under the root's id
-#   failed (some frameworks never send a run's span when it raises),
-#   otherwise `running`;
-# - a root that is neither agent nor workflow (a wrapper, an HTTP handler)
-#   that completed while an agent directly under it failed: `failed`;
-# - otherwise what happened to the root span.
-# The run list's snapshot is selected with these rules too: changing them
-# takes a migration that makes its view again.
-RUN_KEY_COLUMNS = """
-    TraceId AS trace_id,
-    if(root.seen > 0, root.span_id, topmost.2) AS run_id,
-    if(root.seen > 0, root.name, topmost.3) AS name,
-    if(root.seen > 0, root.kind, 'span') AS kind,
-    multiIf(
-        root.seen = 0, if(has(FailedParents, topmost.2), 'failed', 'running'),
-        root.status = 'completed' AND root.kind NOT IN ('agent', 'workflow')
-            AND has(FailedAgentParents, root.span_id), 'failed',
-        root.status
-    ) AS status,
-    if(root.trigger != '', root.trigger, if(root.link_span != '', 'subagent', 'unknown'))
-        AS trigger,
-    root.version AS version,
-    root.session_id AS session_id,
-    toUnixTimestamp64Nano(Start) AS started_ns,
-    root.link_span AS link_span,
-    root.link_span != '' AS is_sub_run,
-    root.seen > 0 AS root_seen"""
-
-RUN_SNAPSHOT = Table(
-    name=RUN_SNAPSHOT_TABLE,
-    columns=RUN_SNAPSHOT_COLUMNS,
-    engine="MergeTree",
-    # Newest first is a reverse read of the sorting key: a page reads a granule.
-    order_by="(ProjectId, started_ns, run_id)",
-    shard_key="cityHash64(trace_id)",
-    # The rows of runs that moved since the refresh, found among a million.
-    indexes=(("idx_trace_id", "trace_id TYPE bloom_filter(0.01) GRANULARITY 1"),),
-    # The unfiltered counts, kept per part: a granule instead of every row.
-    projections=(
-        (
-            "by_status",
-            "SELECT ProjectId, is_sub_run, status, count() GROUP BY ProjectId, is_sub_run, status",
-        ),
-    ),
-    replicated=False,
-)
-
-# How often ClickHouse rebuilds the snapshot. A refresh folds every run on
-# one thread (the other cores stay with queries and inserts; ~3 s per
-# million runs here, so ~10% of a core at this interval); a list folds
-# fresh the runs that moved since, so a longer interval costs each list more.
-SNAPSHOT_REFRESH_S = 30
-
-RUN_SNAPSHOT_SELECT = f"""
-SELECT ProjectId, trace_id, run_id, name, status, trigger, version, session_id, started_ns,
-    is_sub_run, last_seen_ns, snapshot_at
-FROM (
-    SELECT ProjectId, {RUN_KEY_COLUMNS},
-        toUnixTimestamp64Nano(LastSeen) AS last_seen_ns,
-        now64(6) AS snapshot_at
-    FROM (SELECT *, RootKey AS root, Topmost AS topmost FROM {{source}} FINAL)
-)
-SETTINGS max_threads = 1
-"""
-
-
-def create_refreshed_view(
-    name: str, target: Table, source: Table, select: str, every_s: int, layout: Layout
-) -> str:
-    """A view ClickHouse runs every `every_s` seconds, replacing `target` (shard-local)."""
-    query = select.format(source=quote_identifier(layout.stored(source.name)))
-    return (
-        f"CREATE MATERIALIZED VIEW IF NOT EXISTS {quote_identifier(name)}{layout.on_cluster()} "
-        f"REFRESH EVERY {every_s} SECOND "
-        f"TO {quote_identifier(layout.stored(target.name))} AS {query}"
-    )
-
-
 def create_view(name: str, target: Table, source: Table, select: str, layout: Layout) -> str:
     """A materialized view feeding `target` from inserts into `source` (shard-local)."""
     query = select.format(source=quote_identifier(layout.stored(source.name)))
@@ -322,11 +234,10 @@ def ttl_sql(table: Table, retention_days: int) -> str:
 def create_table(table: Table, layout: Layout, retention_days: int) -> list[str]:
     """CREATE statements for a table in a layout, idempotent."""
     local_name = layout.stored(table.name)
-    engine = f"Replicated{table.engine}" if layout.cluster and table.replicated else table.engine
+    engine = f"Replicated{table.engine}" if layout.cluster else table.engine
     columns = ",\n    ".join(
         [column_sql(c) for c in table.columns]
         + [f"INDEX {quote_identifier(name)} {spec}" for name, spec in table.indexes]
-        + [f"PROJECTION {quote_identifier(name)} ({q})" for name, q in table.projections]
     )
     clauses = [f"ENGINE = {engine}"]
     if table.partition_by:

@@ -17,17 +17,13 @@ from clickhouse_connect.driver.client import Client
 from tracehouse.schema.ddl import (
     INGEST_SETTINGS,
     LOGS,
-    RUN_SNAPSHOT,
-    RUN_SNAPSHOT_SELECT,
     RUNS,
     RUNS_VIEW_SELECT,
-    SNAPSHOT_REFRESH_S,
     SPANS,
     Layout,
     Table,
     add_columns,
     add_indexes,
-    create_refreshed_view,
     create_table,
     create_view,
     modify_settings,
@@ -87,16 +83,6 @@ def _live(layout: Layout, retention_days: int) -> list[str]:
     ]
 
 
-def _run_snapshot(layout: Layout, _retention_days: int) -> list[str]:
-    # Rebuilt whole at every refresh, the first right away: nothing to backfill.
-    return [
-        *create_table(RUN_SNAPSHOT, layout, 0),
-        create_refreshed_view(
-            "run_snapshot_mv", RUN_SNAPSHOT, RUNS, RUN_SNAPSHOT_SELECT, SNAPSHOT_REFRESH_S, layout
-        ),
-    ]
-
-
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "spans table", lambda layout, days: create_table(SPANS, layout, days)),
     Migration(2, "step columns and the runs table", _runs),
@@ -114,7 +100,6 @@ MIGRATIONS: tuple[Migration, ...] = (
             for table in (SPANS, LOGS)
         ],
     ),
-    Migration(6, "the run list's snapshot", _run_snapshot),
 )
 
 MIGRATIONS_TABLE = Table(

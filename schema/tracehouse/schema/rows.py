@@ -222,29 +222,6 @@ RUN_COLUMNS: tuple[Column, ...] = (
 
 PREVIEW_CHARS = 512
 
-# Every trace's run as the run list sees it (what it filters, sorts and
-# counts on), one row per run, rebuilt whole by ClickHouse every 30 s from
-# `runs` (a refreshable materialized view). A list or its counts then read
-# one narrow row per run instead of folding every run's partial rows. The
-# columns are named as the list's queries name them: the view selects them
-# with the same rules (ddl.RUN_KEY_COLUMNS).
-RUN_SNAPSHOT_TABLE = "run_snapshot"
-RUN_SNAPSHOT_COLUMNS: tuple[Column, ...] = (
-    Column("ProjectId", "LowCardinality(String)"),
-    Column("trace_id", "String"),
-    Column("run_id", "String"),
-    Column("name", "String"),
-    Column("status", "LowCardinality(String)"),
-    Column("trigger", "LowCardinality(String)"),
-    Column("version", "LowCardinality(String)"),
-    Column("session_id", "String"),
-    Column("started_ns", "Int64"),
-    Column("is_sub_run", "UInt8"),
-    Column("last_seen_ns", "Int64"),
-    # When the refresh read `runs`: runs that moved after it are read fresh.
-    Column("snapshot_at", "DateTime64(6)"),
-)
-
 
 class StepKind(enum.StrEnum):
     AGENT = "agent"
