@@ -11,7 +11,7 @@ import pytest
 from builders import LIMITS, new_id, request, span
 from tracehouse.collector.batcher import WriteFailed
 from tracehouse.collector.decode import DecodeError, Signal
-from tracehouse.collector.prepare import Format
+from tracehouse.collector.prepare import Format, prepare_export
 from tracehouse.collector.workers import Workers
 
 
@@ -23,7 +23,7 @@ def export(spans: int) -> bytes:
 
 
 async def prepared(workers: Workers, body: bytes) -> int:
-    block = await workers.prepare(body, Format.PROTOBUF, "", LIMITS, "p", Signal.TRACES)
+    block = await workers.run(prepare_export, body, Format.PROTOBUF, "", LIMITS, "p", Signal.TRACES)
     return block.count
 
 

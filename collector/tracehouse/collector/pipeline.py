@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from tracehouse.collector.batcher import Batcher, Overloaded, WriteFailed
 from tracehouse.collector.decode import DecodeError, PayloadTooLarge, Signal, UnsupportedEncoding
-from tracehouse.collector.prepare import Format, Limits
+from tracehouse.collector.prepare import Format, Limits, prepare_export
 from tracehouse.collector.workers import Workers
 from tracehouse.keys import ApiKeys, Forbidden, Unauthorized, Use
 from tracehouse.metrics import EXPORTS, ITEMS
@@ -78,7 +78,9 @@ class Pipeline:
         project_id = self._keys.project(Use.INGEST, header)
         batcher = self._batchers[signal]
         batcher.check_capacity()
-        block = await self._workers.prepare(body, fmt, encoding, self._limits, project_id, signal)
+        block = await self._workers.run(
+            prepare_export, body, fmt, encoding, self._limits, project_id, signal
+        )
         if block.count:
             await batcher.submit(block)
         return ExportResult(block.count, block.rejected, block.error)

@@ -14,17 +14,20 @@ import os
 import select
 import sys
 import threading
+from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from types import TracebackType
+from typing import TypeVar, TypeVarTuple
 
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2 as otlp_trace
 
-from tracehouse.collector.batcher import Block, WriteFailed
-from tracehouse.collector.decode import Signal
+from tracehouse.collector.batcher import WriteFailed
 from tracehouse.collector.prepare import Format, Limits, prepare_export
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
+Ts = TypeVarTuple("Ts")
 
 
 def _warm() -> int:
@@ -112,20 +115,11 @@ class Workers:
     ) -> None:
         self._pool.shutdown(wait=True, cancel_futures=True)
 
-    async def prepare(
-        self,
-        body: bytes,
-        fmt: Format,
-        encoding: str,
-        limits: Limits,
-        project_id: str,
-        signal: Signal,
-    ) -> Block:
-        """`prepare_export` in a worker."""
+    async def run(self, work: Callable[[*Ts], T], *args: *Ts) -> T:
+        """`work(*args)` in a worker."""
         pool = self._pool
-        args = (body, fmt, encoding, limits, project_id, signal)
         try:
-            return await asyncio.get_running_loop().run_in_executor(pool, prepare_export, *args)
+            return await asyncio.get_running_loop().run_in_executor(pool, work, *args)
         except BrokenProcessPool as exc:
             # A worker was killed (out of memory, a signal): every export in
             # flight fails retryably, and the next ones get a fresh pool.
