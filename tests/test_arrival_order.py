@@ -85,7 +85,7 @@ def shape(step: Step) -> Any:
     siblings are compared in (start, id) order.
     """
     run = replace(step.run, trace_id="") if step.run else None
-    row = replace(step.row, index=0)
+    row = step.row._replace(export_index=0)
     children = sorted(step.children, key=lambda c: (c.row.start_ns, c.step_id))
     return (row, step.orphan, step.parent_step_id, run, [shape(c) for c in children])
 

@@ -60,6 +60,7 @@ async def serve(
     from tracehouse.collector.service import Collector
     from tracehouse.query_api.app import create_app
     from tracehouse.query_api.feed import ClickHouseTail, Feed
+    from tracehouse.query_api.run_list import RunList
     from tracehouse.query_api.store import Store
 
     # A bad key configuration is refused before storage is touched.
@@ -87,6 +88,11 @@ async def serve(
             limit = {"max_execution_time": max(1, round(settings.request_timeout_s))}
             read_client = stack.enter_context(closing(open_client(settings.dsn, limit)))
             store = Store(read_client, settings.stale_after_s)
+            if settings.run_list_refresh_s:
+                refresh_client = stack.enter_context(closing(open_client(settings.dsn)))
+                await stack.enter_async_context(
+                    RunList(Store(refresh_client), settings.run_list_refresh_s)
+                )
             if transport == "clickhouse":
                 tail_client = stack.enter_context(closing(open_client(settings.dsn)))
                 tail = ClickHouseTail(Store(tail_client), feed, settings.live_poll_ms / 1000)

@@ -67,6 +67,12 @@ class Settings(BaseSettings):
     stale_after_s: float = Field(
         1800.0, gt=0, description="A running run with no new span for this long is flagged stale."
     )
+    run_list_refresh_s: float = Field(
+        1.0,
+        ge=0,
+        description="How often the query API folds the runs that moved into its list; 0: never"
+        " (for all but one of several query API processes on one ClickHouse).",
+    )
     live_transport: str = Field(
         "auto",
         pattern="^(auto|process|clickhouse)$",

@@ -122,7 +122,7 @@ class RunSession:
 
 
 def _start(step: Step) -> tuple[int, int]:
-    return step.row.start_ns, step.row.index
+    return step.row.start_ns, step.row.export_index
 
 
 def _end(step: Step) -> int:

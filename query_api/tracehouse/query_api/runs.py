@@ -20,7 +20,7 @@ from tracehouse.query_api.assembly import (
     stand_in_root,
 )
 from tracehouse.query_api.sql import RunFilter
-from tracehouse.query_api.store import Store
+from tracehouse.query_api.store import RunKey, Store
 
 
 class RunTree(NamedTuple):
@@ -28,39 +28,45 @@ class RunTree(NamedTuple):
     root: Step
 
 
+# What a cached tree was built from (Store.trace_version): anything of its
+# trace arriving changes it.
+Version = tuple[int, int, int, bool]
+
+
 class TreeCache:
-    """Assembled trees, kept while their run's header is unchanged.
+    """Assembled trees, kept while nothing of their trace has arrived.
 
     A big run is read in many requests (its first level, then a branch at a
-    time); assembling it once saves the rest from reading every span again.
-    Any span arriving moves the header's `last_seen_ns`, so an equal header
-    seen at the same moment means the tree is current. Bounded by steps.
+    time); assembling it once saves the rest from reading every span again,
+    and checking its trace's version (two counts and the newest arrival,
+    off the primary key) saves them from summing every span for a header.
+    Bounded by steps.
     """
 
     def __init__(self, max_steps: int) -> None:
         self._max_steps = max_steps
         self._steps = 0
-        self._trees: OrderedDict[tuple[str, str], RunTree] = OrderedDict()
+        self._trees: OrderedDict[tuple[str, str], tuple[Version, RunTree]] = OrderedDict()
         self._lock = threading.Lock()
 
-    def get(self, project: str, top: RunHeader) -> RunTree | None:
+    def get(self, project: str, trace_id: str, version: Version) -> RunTree | None:
         with self._lock:
-            cached = self._trees.get((project, top.trace_id))
-            if cached is None or (cached.run, cached.run.last_seen_ns) != (top, top.last_seen_ns):
+            cached = self._trees.get((project, trace_id))
+            if cached is None or cached[0] != version:
                 return None
-            self._trees.move_to_end((project, top.trace_id))
-            return cached
+            self._trees.move_to_end((project, trace_id))
+            return cached[1]
 
-    def put(self, project: str, tree: RunTree) -> None:
+    def put(self, project: str, version: Version, tree: RunTree) -> None:
         size = tree.root.descendants + 1
         if size > self._max_steps:
             return
         with self._lock:
             old = self._trees.pop((project, tree.run.trace_id), None)
-            self._steps += size - (old.root.descendants + 1 if old else 0)
-            self._trees[(project, tree.run.trace_id)] = tree
+            self._steps += size - (old[1].root.descendants + 1 if old else 0)
+            self._trees[(project, tree.run.trace_id)] = (version, tree)
             while self._steps > self._max_steps:
-                _, evicted = self._trees.popitem(last=False)
+                _, (_, evicted) = self._trees.popitem(last=False)
                 self._steps -= evicted.root.descendants + 1
 
 
@@ -73,21 +79,26 @@ def trace_tree(
     resolve_parent: bool = True,
 ) -> RunTree | None:
     """The whole tree of a trace under its top-level run."""
+    # Read before the rows: a tree cached under it is never older than it says.
+    version = store.trace_version(project, trace_id) if cache else None
+    if cache and version and (cached := cache.get(project, trace_id, version)):
+        return cached
     top = store.top_runs(project, [trace_id]).get(trace_id)
     if top is None:
         return None
     if resolve_parent:
         top = with_parent(store, project, top)
-    if cache and (cached := cache.get(project, top)):
-        return cached
     rows = store.trace_rows(project, trace_id)
     root_row = next((r for r in rows if r.span_id == top.run_id), None)
     if root_row is None:
         root_row = stand_in_root(top.run_id, top.name, top.status, rows)
     tree = build_tree(rows, root_row)
     attach_runs(tree, top)
-    if cache:
-        cache.put(project, RunTree(top, tree))
+    # A parent in another trace that has not arrived yet is looked for again
+    # next time: its arrival changes this trace's version in nothing.
+    unresolved = top.parent_link is not None and top.parent_run_id is None
+    if cache and version and not unresolved:
+        cache.put(project, version, RunTree(top, tree))
     return RunTree(top, tree)
 
 
@@ -150,12 +161,11 @@ def run_page(
     cache: TreeCache | None = None,
 ) -> RunPage:
     """One page of the run list, newest first, with the status counts of the whole list."""
-    keys = store.list_runs(project, f, cursor, limit)
+    keys, counts = store.run_page(project, f, cursor, limit)
     page = keys[:limit]
     more = len(keys) > limit
-    next_cursor = (page[-1][2], page[-1][1]) if more and page else None
-    runs = _headers(store, project, page, cache)
-    return RunPage(runs, store.count_runs(project, f), next_cursor)
+    next_cursor = (page[-1].started_ns, page[-1].run_id) if more and page else None
+    return RunPage(_headers(store, project, page, cache), counts, next_cursor)
 
 
 # Enough for every run of a few hundred traces, sub-runs included.
@@ -171,14 +181,13 @@ def changed_runs(
 
 
 def _headers(
-    store: Store, project: str, keys: list[tuple[str, str, int, bool]], cache: TreeCache | None
+    store: Store, project: str, keys: list[RunKey], cache: TreeCache | None
 ) -> list[RunHeader]:
-    top = store.top_runs(project, [trace for trace, _, _, nested in keys if not nested])
     trees: dict[str, RunTree | None] = {}
     runs = []
-    for trace, run_id, _, nested in keys:
-        if not nested:
-            runs.append(with_parent(store, project, top[trace]))
+    for trace, run_id, _, header in keys:
+        if header:
+            runs.append(with_parent(store, project, header))
             continue
         if trace not in trees:
             trees[trace] = trace_tree(store, project, trace, cache=cache)

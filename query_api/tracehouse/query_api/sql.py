@@ -12,7 +12,7 @@ and prefer the span itself.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 from tracehouse.schema.rows import PREVIEW_CHARS
 
@@ -45,15 +45,36 @@ _RUN_KEY_COLUMNS = """
     root.seen > 0 AS root_seen"""
 
 # FINAL folds a trace's partial rows as a GROUP BY would, and skips the work
-# for parts that merges already folded: far cheaper on big tables.
+# for parts that merges already folded: far cheaper over a whole big table.
 _RUNS_FROM = """
 FROM (SELECT *, RootKey AS root, Topmost AS topmost FROM runs FINAL
       WHERE ProjectId = {project:String} /*scope*/)
 """
 
-# Headers of the top-level runs of the given traces.
-RUNS_SQL = f"""
-SELECT {_RUN_KEY_COLUMNS},
+# Some traces' partial rows folded with GROUP BY, as the columns of `runs`
+# (`/*traces*/`: a condition on ProjectId and TraceId). PREWHERE on the
+# sorting key reads their granules only, where FINAL would merge every part
+# they might be in (a page of 50 headers at a million runs: ~120 against
+# ~200 ms).
+_FOLDED = """
+(SELECT ProjectId, TraceId, run_start AS Start, last_seen AS LastSeen, root, topmost,
+    failed AS FailedParents, failed_agents AS FailedAgentParents, detail AS RootDetail,
+    service AS Service, first_llm AS FirstLlm, last_llm AS LastLlm
+FROM (
+    SELECT ProjectId, TraceId, min(Start) AS run_start, max(LastSeen) AS last_seen,
+        max(RootKey) AS root, min(Topmost) AS topmost,
+        groupUniqArrayArray(FailedParents) AS failed,
+        groupUniqArrayArray(FailedAgentParents) AS failed_agents,
+        max(RootDetail) AS detail, max(Service) AS service,
+        min(FirstLlm) AS first_llm, max(LastLlm) AS last_llm
+    FROM runs
+    PREWHERE /*traces*/
+    GROUP BY ProjectId, TraceId
+))"""
+
+# What a run header says of a trace's folded partial rows, but for what it
+# sums over every step (TRACE_TOTALS_SQL). The run list keeps these columns.
+_HEADER_COLUMNS = f"""{_RUN_KEY_COLUMNS},
     Service AS service,
     if(root.seen > 0, toUnixTimestamp64Nano(RootDetail.end), NULL) AS ended_ns,
     (RootDetail.input_tokens, RootDetail.output_tokens, RootDetail.total_tokens) AS own_tokens,
@@ -62,11 +83,22 @@ SELECT {_RUN_KEY_COLUMNS},
     if(RootDetail.input != '', RootDetail.input, FirstLlm.3) AS input_preview,
     if(RootDetail.output != '', RootDetail.output, LastLlm.3) AS output_preview,
     RootDetail.link_trace AS link_trace,
-    toUnixTimestamp64Nano(LastSeen) AS last_seen_ns
-{_RUNS_FROM.replace("/*scope*/", "AND TraceId IN {traces:Array(String)}")}
-"""
+    toUnixTimestamp64Nano(LastSeen) AS last_seen_ns"""
+HEADER_NAMES = (
+    "trace_id", "run_id", "name", "kind", "status", "trigger", "version", "session_id",
+    "started_ns", "link_span", "is_sub_run", "root_seen", "service", "ended_ns", "own_tokens",
+    "model", "error", "input_preview", "output_preview", "link_trace", "last_seen_ns",
+)  # fmt: skip
 
-# What a run header needs from every step of its trace.
+# Headers of the top-level runs of the given traces.
+_OF_TRACES = "ProjectId = {project:String} AND TraceId IN {traces:Array(String)}"
+RUNS_SQL = f"SELECT {_HEADER_COLUMNS} FROM {_FOLDED.replace('/*traces*/', _OF_TRACES)}"
+
+# What a run header needs from every step of its trace. Without FINAL: the
+# copies a retried export wrote are the same span, so keeping one of each
+# (LIMIT 1 BY) sums the same, and skips FINAL's merge of every part of
+# `spans` the traces' keys fall in (~200 ms for a page of 50 at 20M spans,
+# against ~15 ms).
 TRACE_TOTALS_SQL = """
 SELECT
     TraceId,
@@ -78,8 +110,13 @@ SELECT
     sumOrNullIf(CostUsd, Pending = 0) AS cost_usd,
     argMinIf((ErrorType, ErrorMessage), Timestamp, StepStatus IN ('failed', 'cancelled'))
         AS first_error
-FROM spans FINAL
-WHERE ProjectId = {project:String} AND TraceId IN {traces:Array(String)}
+FROM (
+    SELECT TraceId, SpanId, Pending, StepKind, InputTokens, OutputTokens, TotalTokens, CostUsd,
+        ErrorType, ErrorMessage, Timestamp, StepStatus
+    FROM spans
+    PREWHERE ProjectId = {project:String} AND TraceId IN {traces:Array(String)}
+    LIMIT 1 BY TraceId, SpanId, Pending
+)
 GROUP BY TraceId
 """
 
@@ -93,6 +130,19 @@ SELECT
     Pending
 FROM spans FINAL
 WHERE ProjectId = {{project:String}} AND TraceId = {{trace:String}}
+"""
+
+# What changes whenever anything of a trace arrives (or merges fold it): its
+# rows in `spans` and in `runs`, and its newest arrival. A span's part and
+# its runs part become visible apart, and concurrent inserts out of their
+# stamps' order, so each count is there as well as the newest arrival. Both
+# counts are read off the primary key (~6 ms each at 20M spans), where the
+# header's totals read every span of the trace (~80 ms at 100,000 spans).
+TRACE_VERSION_SQL = """
+SELECT
+    (SELECT count() FROM spans WHERE ProjectId = {project:String} AND TraceId = {trace:String}),
+    (SELECT (count(), toUnixTimestamp64Nano(max(LastSeen))) FROM runs
+     WHERE ProjectId = {project:String} AND TraceId = {trace:String})
 """
 
 TRACE_EXISTS_SQL = """
@@ -109,21 +159,134 @@ LIMIT 1
 # Every run a list can show: top-level runs (one per trace; a root that
 # links into another trace's run is a sub-run) and, on request, the agent
 # and workflow spans below them.
-_TOP_LEVEL = f"""
-SELECT trace_id, run_id, name, status, trigger, version, session_id, started_ns, is_sub_run,
-    0 AS nested
-FROM (SELECT {_RUN_KEY_COLUMNS} {_RUNS_FROM.replace("/*scope*/", "")})
+#
+# Top-level runs are read from `run_list`, one narrow row per run that the
+# query API's refresher keeps (run_list.py), except the runs that moved since
+# its last complete refresh began (its mark, less the store's `margin` ns for
+# inserts that had stamped their rows and were not yet visible): those are
+# folded fresh from `runs` and stand in for their rows (all of them before a
+# first refresh). So a page reads a granule of the run list, and its counts
+# one narrow row per run.
+#
+# The refresher's marks are rows of project '': `last_seen_ns`, when a
+# complete refresh began reading `runs`; `folded_at`, when it was done. The
+# store reads them once per list and binds them (`mark`, `done`), so the
+# page and its counts read the run list as of one moment: rows folded after
+# `done` belong to a refresh still under way (or one that died) and are
+# left out, and their runs read fresh.
+MARKS_SQL = """
+SELECT max(last_seen_ns), toUnixTimestamp64Nano(max(folded_at)) FROM run_list
+WHERE ProjectId = ''
 """
 
+_FRESH_TRACES = """
+SELECT TraceId FROM runs
+WHERE ProjectId = {project:String}
+    AND LastSeen >= fromUnixTimestamp64Nano(greatest(0, {mark:Int64} - {margin:Int64}))
+UNION DISTINCT
+SELECT trace_id AS TraceId FROM run_list
+WHERE ProjectId = {project:String} AND folded_at > fromUnixTimestamp64Nano({done:Int64})
+"""
+
+# The store reads the fresh runs' traces first and binds them as `fresh`: a
+# set known before the query lets the primary key of `runs` and the index of
+# the run list find them (a subquery's set is built too late for that). Past
+# this many (before a first refresh, say) the queries find them themselves.
+FRESH_INLINE_MAX = 10_000
+FRESH_TRACES_SQL = f"SELECT TraceId FROM ({_FRESH_TRACES}) LIMIT {FRESH_INLINE_MAX + 1}"
+
+# A run of a list: its header's columns, and whether it is nested.
+_LIST_COLUMNS = ", ".join(HEADER_NAMES) + ", nested"
+
+_LISTED = f"""
+SELECT {", ".join(HEADER_NAMES)}, 0 AS nested
+FROM run_list
+WHERE ProjectId = {{project:String}} AND folded_at <= fromUnixTimestamp64Nano({{done:Int64}})"""
+_LISTED_RUNS = f"{_LISTED} AND trace_id NOT IN /*fresh*/"
+# The run list's rows of the runs read fresh (found by its trace id index).
+_LISTED_MOVED = f"{_LISTED} AND trace_id IN /*fresh*/"
+
+_FRESH_RUNS = f"""
+SELECT {_HEADER_COLUMNS}, 0 AS nested
+FROM {_FOLDED.replace("/*traces*/", "ProjectId = {project:String} AND TraceId IN /*fresh*/")}
+"""
+
+# Agent and workflow steps below a top-level run; their headers come from
+# their trace's tree (runs.py), so here they need only what a list filters
+# and sorts on.
 _NESTED = """
-SELECT TraceId AS trace_id, SpanId AS run_id, StepName AS name, StepStatus AS status,
-    if(Trigger != '', Trigger, 'subagent') AS trigger, Version AS version,
-    SessionId AS session_id, toUnixTimestamp64Nano(Timestamp) AS started_ns, 1 AS is_sub_run,
-    1 AS nested
+SELECT TraceId AS trace_id, SpanId AS run_id, StepName AS name, StepKind AS kind,
+    StepStatus AS status, if(Trigger != '', Trigger, 'subagent') AS trigger, Version AS version,
+    SessionId AS session_id, toUnixTimestamp64Nano(Timestamp) AS started_ns, '' AS link_span,
+    1 AS is_sub_run, 1 AS root_seen, ServiceName AS service, NULL AS ended_ns,
+    (toUInt64(0), toUInt64(0), toUInt64(0)) AS own_tokens, '' AS model, ('', '') AS error,
+    '' AS input_preview, '' AS output_preview, '' AS link_trace, 0 AS last_seen_ns, 1 AS nested
 FROM spans FINAL
 WHERE ProjectId = {project:String} AND StepKind IN ('agent', 'workflow') AND ParentSpanId != ''
 ORDER BY Pending LIMIT 1 BY TraceId, SpanId
 """
+
+# The refresher's statements, over every project. Runs that moved since
+# `since` are folded again and written with the moment they were read
+# (`folded_at`); the rows they replace are deleted (and all marks but the
+# newest); then the mark of this refresh is written. A list reads fresh
+# every run that moved after the newest mark and every run with a row
+# folded after it was written, so it never sees a run twice, and a
+# refresher stopped half way leaves rows the next one deletes. `/*moved*/`:
+# the (project, trace) pairs bound, or found again.
+MOVED_SQL = f"""
+SELECT DISTINCT ProjectId, TraceId FROM runs
+WHERE LastSeen >= fromUnixTimestamp64Nano({{since:Int64}})
+LIMIT {FRESH_INLINE_MAX + 1}
+"""
+_MOVED = (
+    "SELECT DISTINCT ProjectId, TraceId FROM runs "
+    "WHERE LastSeen >= fromUnixTimestamp64Nano({since:Int64})"
+)
+
+_REFRESH = (
+    f"""
+INSERT INTO run_list (ProjectId, {", ".join(HEADER_NAMES)}, last_seen, folded_at)
+SELECT ProjectId, {", ".join(HEADER_NAMES)}, LastSeen, now64(6)
+FROM (
+    SELECT ProjectId, {_HEADER_COLUMNS}, LastSeen
+    FROM {_FOLDED.replace("/*traces*/", "(ProjectId, TraceId) IN /*moved*/")}
+)
+""",
+    """
+DELETE FROM run_list
+WHERE (ProjectId = ''
+        AND folded_at < (SELECT max(folded_at) FROM run_list WHERE ProjectId = ''))
+    OR ((ProjectId, trace_id) IN /*moved*/ AND (ProjectId, trace_id, folded_at) NOT IN (
+        SELECT ProjectId, trace_id, max(folded_at) FROM run_list
+        WHERE (ProjectId, trace_id) IN /*moved*/
+        GROUP BY ProjectId, trace_id))
+""",
+    # `last_seen` too: the retention's TTL reads it.
+    "INSERT INTO run_list (ProjectId, last_seen_ns, last_seen, folded_at)"
+    " SELECT '', {mark:Int64}, now64(6), now64(6)",
+)
+
+# Runs whose row in the run list is not their latest fold: moved in `runs`
+# since `since`, with a newest arrival their row does not have. What a
+# refresh can miss (an insert seen later than its stamp and the margin, a
+# run healed at start with its old stamps) is found here and folded again.
+STALE_SQL = f"""
+SELECT ProjectId, TraceId FROM (
+    SELECT ProjectId, TraceId, toUnixTimestamp64Nano(max(LastSeen)) AS seen FROM runs
+    WHERE LastSeen >= fromUnixTimestamp64Nano({{since:Int64}})
+    GROUP BY ProjectId, TraceId)
+WHERE (ProjectId, TraceId, seen) NOT IN (
+    SELECT ProjectId, trace_id, last_seen_ns FROM run_list
+    WHERE last_seen >= fromUnixTimestamp64Nano({{since:Int64}}))
+LIMIT {FRESH_INLINE_MAX}
+"""
+
+
+def refresh_run_list(moved_bound: bool) -> list[str]:
+    """The refresh's statements; `moved_bound`: the caller binds `moved`, from MOVED_SQL."""
+    moved = "{moved:Array(Tuple(String, String))}" if moved_bound else f"({_MOVED})"
+    return [statement.replace("/*moved*/", moved) for statement in _REFRESH]
 
 
 @dataclass(frozen=True, slots=True)
@@ -175,34 +338,69 @@ def _where(f: RunFilter, with_status: bool) -> tuple[list[str], dict[str, Any]]:
     return clauses, params
 
 
-def _candidates(f: RunFilter) -> str:
-    return f"({_TOP_LEVEL} UNION ALL {_NESTED})" if f.include_subruns else f"({_TOP_LEVEL})"
+# The runs that moved since the run list's mark: none (the list reads the
+# run list alone), bound by the caller as `fresh` (FRESH_TRACES_SQL), or
+# found by the queries themselves (too many to bind).
+Fresh = Literal["none", "bound", "found"]
+
+
+def _fresh_traces(fresh: Fresh) -> str:
+    return "{fresh:Array(String)}" if fresh == "bound" else f"({_FRESH_TRACES})"
+
+
+def _sources(f: RunFilter, fresh: Fresh) -> list[str]:
+    """Where the runs of a list come from; the run list's rows first."""
+    if fresh == "none":
+        sources = [_LISTED]
+    else:
+        traces = _fresh_traces(fresh)
+        sources = [source.replace("/*fresh*/", traces) for source in (_LISTED_RUNS, _FRESH_RUNS)]
+    return [*sources, _NESTED] if f.include_subruns else sources
 
 
 def list_runs(
-    f: RunFilter, cursor: tuple[int, str] | None, limit: int
+    f: RunFilter, cursor: tuple[int, str] | None, limit: int, fresh: Fresh = "found"
 ) -> tuple[str, dict[str, Any]]:
-    """Newest first: (trace_id, run_id, started_ns, nested) of one page, and one more."""
+    """Newest first, one page and one more: the header columns (HEADER_NAMES), and `nested`."""
     clauses, params = _where(f, with_status=True)
     if cursor is not None:
         # Keyset paging: runs that arrive meanwhile sort before the cursor,
-        # so paging on never repeats or skips one.
+        # so paging on never repeats or skips one. The bound on the start
+        # alone lets the sorting key skip what is newer.
         clauses.append("(started_ns, run_id) < ({cursor_start:Int64}, {cursor_id:String})")
+        clauses.append("started_ns <= {cursor_start:Int64}")
         params |= {"cursor_start": cursor[0], "cursor_id": cursor[1]}
     params["limit"] = limit + 1
     where = " AND ".join(clauses) or "1"
-    sql = (
-        f"SELECT trace_id, run_id, started_ns, nested FROM {_candidates(f)} WHERE {where} "
-        "ORDER BY started_ns DESC, run_id DESC LIMIT {limit:UInt32}"
+    order = "ORDER BY started_ns DESC, run_id DESC LIMIT {limit:UInt32}"
+    # Each source keeps its own first page (the run list's is a reverse read
+    # of its sorting key), then the pages are merged.
+    pages = " UNION ALL ".join(
+        f"(SELECT {_LIST_COLUMNS} FROM ({source}) WHERE {where} {order})"
+        for source in _sources(f, fresh)
     )
+    sql = f"SELECT {_LIST_COLUMNS} FROM ({pages}) {order}"
     return sql, params
 
 
-def count_runs(f: RunFilter) -> tuple[str, dict[str, Any]]:
-    """Runs per status under every filter but the status one."""
+def count_runs(f: RunFilter, fresh: Fresh = "found") -> tuple[str, dict[str, Any]]:
+    """Runs per status under every filter but the status one.
+
+    The whole run list is counted, then its rows of runs that moved are
+    taken off again and those runs counted fresh: cheaper than asking each
+    of a million rows whether its run moved.
+    """
     clauses, params = _where(f, with_status=False)
     where = " AND ".join(clauses) or "1"
-    return f"SELECT status, count() FROM {_candidates(f)} WHERE {where} GROUP BY status", params
+    signed = [(_LISTED, ""), *[(source, "") for source in _sources(f, fresh)[1:]]]
+    if fresh != "none":
+        signed.append((_LISTED_MOVED.replace("/*fresh*/", _fresh_traces(fresh)), "-"))
+    union = " UNION ALL ".join(
+        f"(SELECT status, {sign}toInt64(count()) AS n FROM ({source}) WHERE {where} "
+        "GROUP BY status)"
+        for source, sign in signed
+    )
+    return f"SELECT status, sum(n) FROM ({union}) GROUP BY status", params
 
 
 def stats(f: RunFilter, bucket_seconds: int) -> dict[str, tuple[str, dict[str, Any]]]:

@@ -7,9 +7,12 @@ run them on worker threads.
 
 from __future__ import annotations
 
+import threading
 import time
-from collections.abc import Sequence
-from typing import Any
+from collections import OrderedDict
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any, NamedTuple
 
 from clickhouse_connect.driver.client import Client
 from clickhouse_connect.driver.exceptions import ClickHouseError
@@ -21,23 +24,50 @@ from tracehouse.schema.clickhouse import StorageError
 from tracehouse.schema.migrations import MIGRATIONS, applied_versions
 
 
+class RunKey(NamedTuple):
+    """A run of a list: where it is, where it sorts, and a top-level run's header."""
+
+    trace_id: str
+    run_id: str
+    started_ns: int
+    # None for an agent or workflow step below its trace's top-level run,
+    # whose header its trace's tree gives.
+    header: RunHeader | None
+
+
+# Run ids whose trace is kept (~200 bytes each).
+_TRACES_KEPT = 100_000
+
+
 class QueryTimeout(StorageError):
     """ClickHouse stopped a query at the request timeout (`max_execution_time`)."""
 
 
 class Store:
-    def __init__(self, client: Client, stale_after_s: float = 1800.0) -> None:
+    def __init__(
+        self, client: Client, stale_after_s: float = 1800.0, run_list_margin_s: float = 5.0
+    ) -> None:
         self._client = client
         self._stale_after_ns = int(stale_after_s * 1e9)
+        # How long before a refresh of the run list read `runs` an insert may
+        # have stamped its rows (`IngestedAt`) and still not be visible: runs
+        # that moved since are read fresh, and folded again by the next
+        # refresh. An insert is visible well under a second after its stamp;
+        # five seconds, as the live tail allows (feed.py), cover a slow one.
+        self.run_list_margin_ns = int(run_list_margin_s * 1e9)
+        # Where runs were found (find_trace), by (project, run id): a run's
+        # tree and header look it up on every request (~40 ms at 20M spans).
+        self._traces: OrderedDict[tuple[str, str], str] = OrderedDict()
+        self._traces_lock = threading.Lock()
 
     def _query(self, sql: str, parameters: dict[str, Any]) -> QueryResult:
-        """The one place a query runs: ClickHouse's errors leave as StorageError."""
-        try:
+        with _storage_errors():
             return self._client.query(sql, parameters=parameters)
-        except (ClickHouseError, OSError) as exc:
-            if "TIMEOUT_EXCEEDED" in str(exc):
-                raise QueryTimeout("the query took longer than the request timeout") from exc
-            raise StorageError(f"ClickHouse query failed: {exc}") from exc
+
+    def _command(self, sql: str, parameters: dict[str, Any]) -> None:
+        """A statement that answers no rows (an insert from a select, a delete)."""
+        with _storage_errors():
+            self._client.command(sql, parameters=parameters)
 
     def _rows(self, sql: str, parameters: dict[str, Any]) -> Sequence[Sequence[Any]]:
         return self._query(sql, parameters).result_rows
@@ -52,32 +82,121 @@ class Store:
 
     def find_trace(self, project: str, run_id: str) -> str | None:
         """The trace holding a run (by its run id, or by trace id for a top-level run)."""
+        key = (project, run_id)
+        with self._traces_lock:
+            if key in self._traces:
+                self._traces.move_to_end(key)
+                return self._traces[key]
         if len(run_id) == 32:
             rows = self._rows(sql.TRACE_EXISTS_SQL, {"project": project, "trace": run_id})
-            return run_id if rows else None
-        rows = self._rows(sql.FIND_TRACE_SQL, {"project": project, "id": run_id})
-        return str(rows[0][0]) if rows else None
+            found = run_id if rows else None
+        else:
+            rows = self._rows(sql.FIND_TRACE_SQL, {"project": project, "id": run_id})
+            found = str(rows[0][0]) if rows else None
+        if found is not None:
+            # A span id names one trace for good: what was found stays true
+            # (a run not found yet may still arrive, so that is not kept).
+            with self._traces_lock:
+                self._traces[key] = found
+                if len(self._traces) > _TRACES_KEPT:
+                    self._traces.popitem(last=False)
+        return found
+
+    def trace_version(self, project: str, trace_id: str) -> tuple[int, int, int, bool]:
+        """What changes whenever anything of the trace arrives, or when it turns stale."""
+        parameters = {"project": project, "trace": trace_id}
+        spans, (runs, last_seen_ns) = self._rows(sql.TRACE_VERSION_SQL, parameters)[0]
+        stale = last_seen_ns < time.time_ns() - self._stale_after_ns
+        return int(spans), int(runs), int(last_seen_ns), stale
 
     def top_runs(self, project: str, trace_ids: Sequence[str]) -> dict[str, RunHeader]:
         """The top-level run of each trace, by trace id (absent: nothing stored)."""
         parameters = {"project": project, "traces": list(trace_ids)}
-        totals = {row[0]: row for row in self._rows(sql.TRACE_TOTALS_SQL, parameters)}
+        totals = self._totals(project, trace_ids)
         stale_before = time.time_ns() - self._stale_after_ns
         return {
             row[0]: _header(row, totals.get(row[0]), stale_before)
             for row in self._rows(sql.RUNS_SQL, parameters)
         }
 
+    def _totals(self, project: str, trace_ids: Sequence[str]) -> dict[str, Sequence[Any]]:
+        """What each trace's steps add up to, by trace id."""
+        parameters = {"project": project, "traces": list(trace_ids)}
+        return {row[0]: row for row in self._rows(sql.TRACE_TOTALS_SQL, parameters)}
+
     def list_runs(
         self, project: str, f: sql.RunFilter, cursor: tuple[int, str] | None, limit: int
-    ) -> list[tuple[str, str, int, bool]]:
-        query, parameters = sql.list_runs(f, cursor, limit)
-        rows = self._rows(query, parameters | {"project": project})
-        return [(str(t), str(r), int(s), bool(sub)) for t, r, s, sub in rows]
+    ) -> list[RunKey]:
+        return self._list(self._list_scope(project), f, cursor, limit)
 
-    def count_runs(self, project: str, f: sql.RunFilter) -> dict[str, int]:
-        query, parameters = sql.count_runs(f)
-        return {str(s): int(n) for s, n in self._rows(query, parameters | {"project": project})}
+    def run_page(
+        self, project: str, f: sql.RunFilter, cursor: tuple[int, str] | None, limit: int
+    ) -> tuple[list[RunKey], dict[str, int]]:
+        """A page of the list and its counts, the runs that moved found once for both."""
+        scope = self._list_scope(project)
+        return self._list(scope, f, cursor, limit), self._count(scope, f)
+
+    def _list(
+        self, scope: dict[str, Any], f: sql.RunFilter, cursor: tuple[int, str] | None, limit: int
+    ) -> list[RunKey]:
+        query, parameters = sql.list_runs(f, cursor, limit, _fresh(scope))
+        rows = self._rows(query, parameters | scope)
+        top = [row[0] for row in rows if not row[-1]]
+        totals = self._totals(scope["project"], top) if top else {}
+        stale_before = time.time_ns() - self._stale_after_ns
+        return [
+            RunKey(
+                str(row[0]),
+                str(row[1]),
+                int(row[8]),
+                None if row[-1] else _header(row[:-1], totals.get(row[0]), stale_before),
+            )
+            for row in rows
+        ]
+
+    def _count(self, scope: dict[str, Any], f: sql.RunFilter) -> dict[str, int]:
+        query, parameters = sql.count_runs(f, _fresh(scope))
+        return {str(s): int(n) for s, n in self._rows(query, parameters | scope)}
+
+    def _list_scope(self, project: str) -> dict[str, Any]:
+        """The parameters of a list's sources: with `fresh` unless there are too many."""
+        mark, done = self.run_list_marks()
+        scope: dict[str, Any] = {
+            "project": project,
+            "margin": self.run_list_margin_ns,
+            "mark": mark,
+            "done": done,
+        }
+        fresh = [str(row[0]) for row in self._rows(sql.FRESH_TRACES_SQL, scope)]
+        return scope | {"fresh": fresh} if len(fresh) <= sql.FRESH_INLINE_MAX else scope
+
+    def run_list_marks(self) -> tuple[int, int]:
+        """When the run list's last complete refresh began and ended (0, 0: never)."""
+        began, done = self._rows(sql.MARKS_SQL, {})[0]
+        return int(began), int(done)
+
+    def run_list_mark(self) -> int:
+        """When the run list's last complete refresh began (0: never)."""
+        return self.run_list_marks()[0]
+
+    def refresh_run_list(self, since_ns: int, mark_ns: int, recheck_ns: int | None = None) -> int:
+        """Fold the runs that moved since `since_ns` into the run list; how many did.
+
+        `mark_ns`: a moment before this call read anything, which a list may
+        take the run list as current at (less the margin) once it returns.
+        `recheck_ns`: also fold the runs moved since then whose row is stale.
+        """
+        found = self._rows(sql.MOVED_SQL, {"since": since_ns})
+        if recheck_ns is not None and len(found) <= sql.FRESH_INLINE_MAX:
+            found = [*found, *self._rows(sql.STALE_SQL, {"since": recheck_ns})]
+        moved = sorted({(str(p), str(t)) for p, t in found})
+        if not moved:
+            return 0
+        bound = len(moved) <= sql.FRESH_INLINE_MAX
+        parameters = {"since": since_ns, "mark": mark_ns} | ({"moved": moved} if bound else {})
+        for statement in sql.refresh_run_list(bound):
+            self._command(statement, parameters)
+        return len(moved)
 
     def stats(
         self, project: str, f: sql.RunFilter, bucket_seconds: int
@@ -116,6 +235,23 @@ class Store:
         rows = self._rows(sql.TRACE_ROWS_SQL, {"project": project, "trace": trace_id})
         ended = {row[0] for row in rows if not row[-1]}
         return [_span_row(row) for row in rows if not row[-1] or row[0] not in ended]
+
+
+def _fresh(scope: dict[str, Any]) -> sql.Fresh:
+    if "fresh" not in scope:
+        return "found"
+    return "bound" if scope["fresh"] else "none"
+
+
+@contextmanager
+def _storage_errors() -> Iterator[None]:
+    """Where SQL runs: ClickHouse's errors leave as StorageError."""
+    try:
+        yield
+    except (ClickHouseError, OSError) as exc:
+        if "TIMEOUT_EXCEEDED" in str(exc):
+            raise QueryTimeout("the query took longer than the request timeout") from exc
+        raise StorageError(f"ClickHouse query failed: {exc}") from exc
 
 
 def _header(run: Sequence[Any], totals: Sequence[Any] | None, stale_before: int) -> RunHeader:
@@ -158,25 +294,9 @@ def _span_row(row: Sequence[Any]) -> SpanRow:
     (span_id, parent_id, kind, name, status, start_ns, duration_ns, index, model, input_tokens,
      output_tokens, total_tokens, cost, error_type, error_message, input_preview,
      output_preview, trigger, version, session_id, service, warnings, _pending) = row  # fmt: skip
+    # Positional, in SpanRow's order: one per span of a tree, so it is kept cheap.
     return SpanRow(
-        span_id=span_id,
-        parent_id=parent_id,
-        kind=kind,
-        name=name,
-        status=status,
-        start_ns=start_ns,
-        duration_ns=duration_ns,
-        index=index,
-        model=model,
-        tokens=Tokens(input_tokens, output_tokens, total_tokens),
-        cost_usd=cost,
-        error_type=error_type,
-        error_message=error_message,
-        input_preview=input_preview,
-        output_preview=output_preview,
-        trigger=trigger,
-        version=version,
-        session_id=session_id,
-        service=service,
-        warnings=tuple(warnings),
-    )
+        span_id, parent_id, kind, name, status, start_ns, duration_ns, index, model,
+        Tokens(input_tokens, output_tokens, total_tokens), cost, error_type, error_message,
+        input_preview, output_preview, trigger, version, session_id, service, tuple(warnings),
+    )  # fmt: skip

@@ -18,6 +18,8 @@ from tracehouse.schema.rows import (
     ROOT_DETAIL_TUPLE,
     ROOT_KEY_TUPLE,
     RUN_COLUMNS,
+    RUN_LIST_COLUMNS,
+    RUN_LIST_TABLE,
     RUNS_TABLE,
     SPAN_COLUMNS,
     SPANS_TABLE,
@@ -128,6 +130,25 @@ RUNS = Table(
     indexes=(("idx_last_seen", "LastSeen TYPE minmax GRANULARITY 1"),),
     ttl_column="LastSeen",
     settings=(("ttl_only_drop_parts", "1"), ("index_granularity", "1024")),
+)
+
+RUN_LIST = Table(
+    name=RUN_LIST_TABLE,
+    columns=RUN_LIST_COLUMNS,
+    # Rows are replaced by delete and insert (lightweight DELETE), not by
+    # merges: a plain table needs no FINAL, and its counts read each row once.
+    engine="MergeTree",
+    # Newest first is a reverse read of the sorting key: a page reads a granule.
+    order_by="(ProjectId, started_ns, run_id)",
+    shard_key="cityHash64(trace_id)",
+    # The rows of runs that moved, found among a million; and the rows of a
+    # refresh under way, folded after the last mark.
+    indexes=(
+        ("idx_trace_id", "trace_id TYPE bloom_filter(0.01) GRANULARITY 1"),
+        ("idx_folded_at", "folded_at TYPE minmax GRANULARITY 1"),
+    ),
+    # Unpartitioned, so runs expire row by row in merges, as their runs do.
+    ttl_column="last_seen",
 )
 
 _PREVIEW = f"substringUTF8({{}}, 1, {PREVIEW_CHARS})"

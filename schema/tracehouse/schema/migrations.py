@@ -17,6 +17,7 @@ from clickhouse_connect.driver.client import Client
 from tracehouse.schema.ddl import (
     INGEST_SETTINGS,
     LOGS,
+    RUN_LIST,
     RUNS,
     RUNS_VIEW_SELECT,
     SPANS,
@@ -100,6 +101,8 @@ MIGRATIONS: tuple[Migration, ...] = (
             for table in (SPANS, LOGS)
         ],
     ),
+    # Empty at first: the query API's first refresh folds every run into it.
+    Migration(6, "the run list", lambda layout, days: create_table(RUN_LIST, layout, days)),
 )
 
 MIGRATIONS_TABLE = Table(
@@ -160,7 +163,7 @@ def migrate(client: Client, layout: Layout, retention_days: int) -> list[int]:
         )
         log.info("applied migration %d: %s", migration.version, migration.name)
         applied.append(migration.version)
-    for table in (SPANS, LOGS, RUNS):
+    for table in (SPANS, LOGS, RUNS, RUN_LIST):
         apply_retention(client, table, layout, retention_days)
     return applied
 

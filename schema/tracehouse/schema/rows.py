@@ -222,6 +222,42 @@ RUN_COLUMNS: tuple[Column, ...] = (
 
 PREVIEW_CHARS = 512
 
+# The run list: every trace's top-level run header (but for what it sums over
+# its steps), one row per run, kept by the query API (`RunList`): each
+# refresh folds the runs that moved in `runs` again, writes their rows anew
+# and deletes the rows they replace. A list then reads a granule for a page
+# with its headers, and a few narrow columns of every run for its counts,
+# instead of folding every run's partial rows. Columns are named as the
+# query API names a header's.
+RUN_LIST_TABLE = "run_list"
+RUN_LIST_COLUMNS: tuple[Column, ...] = (
+    # '' for a refresher's mark: when its last complete refresh began.
+    Column("ProjectId", "LowCardinality(String)"),
+    Column("trace_id", "String"),
+    Column("run_id", "String"),
+    Column("name", "String"),
+    Column("kind", "LowCardinality(String)"),
+    Column("status", "LowCardinality(String)"),
+    Column("trigger", "LowCardinality(String)"),
+    Column("version", "LowCardinality(String)"),
+    Column("session_id", "String"),
+    Column("started_ns", "Int64"),
+    Column("link_span", "String"),
+    Column("is_sub_run", "UInt8"),
+    Column("root_seen", "UInt8"),
+    Column("service", "LowCardinality(String)"),
+    Column("ended_ns", "Nullable(Int64)"),
+    Column("own_tokens", "Tuple(UInt64, UInt64, UInt64)"),
+    Column("model", "LowCardinality(String)"),
+    Column("error", "Tuple(String, String)"),
+    Column("input_preview", "String", codec="ZSTD(1)"),
+    Column("output_preview", "String", codec="ZSTD(1)"),
+    Column("link_trace", "String"),
+    Column("last_seen_ns", "Int64"),
+    Column("last_seen", "DateTime64(6)"),  # the same moment, for the retention's TTL
+    Column("folded_at", "DateTime64(6)"),  # when a refresh read it: the newest row stands
+)
+
 
 class StepKind(enum.StrEnum):
     AGENT = "agent"
