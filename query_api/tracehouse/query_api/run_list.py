@@ -7,9 +7,10 @@ its last complete refresh began (less the store's margin), writes their new
 rows and deletes the rows they replace. A list never waits for it: what
 moved since the last refresh is read fresh.
 
-Query API processes sharing one server each refresh: the newest fold of
-each run stands whatever the order, so the table stays right, at the cost
-of the work done more than once.
+One refresher per ClickHouse: two, each deleting after its own insert,
+can leave a run two rows for a while (`run_list_refresh_s = 0` turns it
+off on the other query API processes). A refresher that died half way
+leaves rows the next one deletes.
 """
 
 from __future__ import annotations
