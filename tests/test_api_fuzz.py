@@ -426,7 +426,9 @@ def forged(started: Any, run: Any) -> str:
     started=st.one_of(
         st.integers(-(2**64), 2**64), st.booleans(), st.floats(), st.none(), st.text(max_size=8)
     ),
-    run=st.one_of(hex16, hex32, hostile, st.integers(), st.none()),
+    # Cut so that the cursor stays under httpx's 64 KiB URL part: in JSON a
+    # "\x00" is six characters, and base64 makes those eight.
+    run=st.one_of(hex16, hex32, hostile.map(lambda s: s[:4_000]), st.integers(), st.none()),
 )
 def test_a_forged_cursor_is_a_client_error(api: Api, started: Any, run: Any) -> None:
     """A cursor is opaque but client-held: whatever it decodes to, no 5xx."""
