@@ -106,8 +106,15 @@ def answers(store: Store) -> dict[str, Any]:
         "by trigger": RunFilter(trigger="subagent", include_subruns=True),
         **{status: RunFilter(statuses=(status,)) for status in STATUSES},
     }
+    # Paged two at a time only where a page mixes most runs (a page costs
+    # the whole list's queries, and every filter binds the same way).
+    paged = ("all", "with sub-runs", "failed")
     return {
-        label: (listing(store, f), listing(store, f, limit=2), counts(store, f))
+        label: (
+            listing(store, f),
+            listing(store, f, limit=2) if label in paged else None,
+            counts(store, f),
+        )
         for label, f in filters.items()
     }
 
