@@ -8,6 +8,7 @@ stops (and writes what it accepted) before its ClickHouse client closes.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import signal
 import threading
@@ -105,10 +106,24 @@ async def serve(
             ports = Ports(ports.grpc, ports.http, api.port)
             log.info("query API listening on http://%s:%d/api/v1", settings.host, api.port)
             log.info("live updates: %s", transport)
+        collect_cycles_less_often()
         if on_ready:
             on_ready(ports)
         await stop.wait()
         log.info("shutting down")
+
+
+def collect_cycles_less_often() -> None:
+    """Keep Python's cycle collector out of the way of big trees, once everything has started.
+
+    It walks the young objects every 700 allocations and the whole heap at
+    every quarter of growth; a 100,000-step tree is ~500,000 objects, none of
+    them garbage, and those walks were half of its first read (1.5 → 0.7 s).
+    What start made (modules, the price table) is frozen out of every walk.
+    Reference counting frees everything as before; cycles wait a little longer.
+    """
+    gc.freeze()
+    gc.set_threshold(50_000, 20, 20)
 
 
 def live_transport(settings: Settings, roles: Roles) -> str:

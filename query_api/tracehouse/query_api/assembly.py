@@ -31,6 +31,10 @@ class Tokens:
         )
 
 
+# Shared by every step that has none to count (most): immutable, so one will do.
+NO_TOKENS = Tokens()
+
+
 @dataclass(frozen=True, slots=True)
 class Error:
     type: str
@@ -120,7 +124,7 @@ class Step:
     # Of everything below this step:
     descendants: int = 0
     llm_steps: int = 0
-    llm_tokens: Tokens = field(default_factory=Tokens)
+    llm_tokens: Tokens = NO_TOKENS
     cost_usd: float | None = None
     first_llm: tuple[int, str] | None = None  # (start, input) of the first LLM step
     last_llm: tuple[int, str, str] | None = None  # (end, output, model) of the last
@@ -137,14 +141,16 @@ def ended_ns(row: SpanRow) -> int | None:
 def build_tree(rows: Iterable[SpanRow], root: SpanRow) -> Step:
     """The step tree under `root` (a stored span, or a stand-in for one not arrived)."""
     by_id = {row.span_id: row for row in rows if row.span_id != root.span_id}
+    # Sorted once, so that every step's children are listed in start order.
+    ordered = sorted(by_id.values(), key=_start_order)
     children: dict[str, list[SpanRow]] = defaultdict(list)
-    for row in by_id.values():
+    for row in ordered:
         children[row.parent_id].append(row)
     tree = Step(root, None)
     seen = {root.span_id}
     _attach(tree, children, seen)
     # What the walk from the root did not reach: parents not arrived, or cycles.
-    for row in sorted(by_id.values(), key=_start_order):
+    for row in ordered:
         if row.span_id not in seen:
             seen.add(row.span_id)
             orphan = Step(row, tree.step_id, orphan=True)
@@ -160,10 +166,14 @@ def _start_order(row: SpanRow) -> tuple[int, int, str]:
 
 
 def _attach(top: Step, children: dict[str, list[SpanRow]], seen: set[str]) -> None:
+    """Hang under `top` every step below it, each child list already in start order."""
     stack = [top]
     while stack:
         step = stack.pop()
-        for row in sorted(children.get(step.step_id, ()), key=_start_order):
+        below = children.get(step.step_id)
+        if not below:  # a leaf, as most steps are
+            continue
+        for row in below:
             if row.span_id in seen:  # a cycle: this span is its own ancestor
                 continue
             seen.add(row.span_id)
@@ -188,11 +198,17 @@ def _summarise(tree: Step) -> None:
         for child in step.children:
             row = child.row
             step.descendants += 1 + child.descendants
-            step.llm_steps += child.llm_steps
-            step.llm_tokens += child.llm_tokens
-            step.cost_usd = _add_cost(_add_cost(step.cost_usd, row.cost_usd), child.cost_usd)
-            step.first_llm = _earlier(step.first_llm, child.first_llm)
-            step.last_llm = _later(step.last_llm, child.last_llm)
+            # Most children are leaves with nothing to pass up: skipping the
+            # empty sums halves the time of a 100,000-step tree.
+            if child.llm_steps:
+                step.llm_steps += child.llm_steps
+                step.llm_tokens += child.llm_tokens
+            if row.cost_usd is not None or child.cost_usd is not None:
+                step.cost_usd = _add_cost(_add_cost(step.cost_usd, row.cost_usd), child.cost_usd)
+            if child.first_llm is not None:
+                step.first_llm = _earlier(step.first_llm, child.first_llm)
+            if child.last_llm is not None:
+                step.last_llm = _later(step.last_llm, child.last_llm)
             if row.kind != StepKind.LLM:
                 continue
             step.first_llm = _earlier(step.first_llm, (row.start_ns, row.input_preview))
