@@ -462,7 +462,7 @@ def parse_args() -> argparse.Namespace:
         "--poll-ms", type=float, default=0.0, help="live_poll_ms (default: the server's, 50)"
     )
     parser.add_argument("--batch-delay-ms", type=float, default=0.0,
-                        help="batch_max_delay_ms (default: 50)")  # fmt: skip
+                        help="batch_max_delay_ms (default: 20)")  # fmt: skip
     parser.add_argument("--seed", type=int, default=1, help="of the background load")
     parser.add_argument("--quick", action="store_true", help="small numbers, a smoke check")
     args = parser.parse_args()
