@@ -249,7 +249,7 @@ def test_a_database_of_version_5_gets_the_run_list(db: Client) -> None:
     made = every_kind_of_run(lambda *spans: writer.write(block_of(spans)), start=0)
     store = Store(db, run_list_margin_s=0)
 
-    assert migrate(db, SINGLE_NODE, 30) == [6]
+    assert migrate(db, SINGLE_NODE, 30) == [6, 7]
     before = answers(store)  # nothing refreshed yet: every run read fresh
     assert RunList(store, 1).refresh() == len(made)
 
@@ -258,6 +258,32 @@ def test_a_database_of_version_5_gets_the_run_list(db: Client) -> None:
     assert before["all"][2] == {"running": 2, "completed": 1, "failed": 3, "cancelled": 1}
     ttl = db.query("SELECT engine_full FROM system.tables WHERE name = 'run_list'")
     assert "TTL toDateTime(last_seen) + toIntervalDay(30)" in ttl.result_rows[0][0]
+
+
+def test_a_database_of_version_6_replaces_rows_through_patch_parts(db: Client) -> None:
+    for statement in create_table(MIGRATIONS_TABLE, SINGLE_NODE, 0):
+        db.command(statement)
+    for migration in MIGRATIONS[:6]:
+        for statement in migration.statements(SINGLE_NODE, 0):
+            db.command(statement)
+        db.insert("tracehouse_migrations", [[migration.version, migration.name]],
+                  column_names=["version", "name"])  # fmt: skip
+    writer = span_writer(db)
+    made = every_kind_of_run(lambda *spans: writer.write(block_of(spans)), start=0)
+    store = Store(db, run_list_margin_s=0)
+    refresher = RunList(store, 1)
+    refresher.refresh()  # rows written before the migration
+
+    assert migrate(db, SINGLE_NODE, 30) == [7]
+    writer.write(block_of([span("chat", made["completed"], new_id(8), start=1, end=2)]))
+    assert refresher.refresh() == 1
+
+    assert listed(db) == {t.hex(): 1 for t in made.values()}
+    # The replaced row is masked by a patch part, not by rewriting every part.
+    patches = db.query(
+        "SELECT count() FROM system.parts WHERE table = 'run_list' AND startsWith(name, 'patch-')"
+    )
+    assert patches.result_rows[0][0] > 0
 
 
 def test_the_service_keeps_the_run_list(server: RunningServer, db: Client) -> None:

@@ -232,7 +232,8 @@ ORDER BY Pending LIMIT 1 BY TraceId, SpanId
 # newest); then the mark of this refresh is written. A list reads fresh
 # every run that moved after the newest mark and every run with a row
 # folded after it was written, so it never sees a run twice, and a
-# refresher stopped half way leaves rows the next one deletes. `/*moved*/`:
+# refresher stopped half way leaves rows the next one deletes (through a
+# patch part where the table allows it: ddl.PATCH_SETTINGS). `/*moved*/`:
 # the (project, trace) pairs bound, or found again.
 MOVED_SQL = f"""
 SELECT DISTINCT ProjectId, TraceId FROM runs
@@ -261,6 +262,7 @@ WHERE (ProjectId = ''
         SELECT ProjectId, trace_id, max(folded_at) FROM run_list
         WHERE (ProjectId, trace_id) IN /*moved*/
         GROUP BY ProjectId, trace_id))
+SETTINGS lightweight_delete_mode = 'lightweight_update'
 """,
     # `last_seen` too: the retention's TTL reads it.
     "INSERT INTO run_list (ProjectId, last_seen_ns, last_seen, folded_at)"

@@ -17,6 +17,7 @@ from clickhouse_connect.driver.client import Client
 from tracehouse.schema.ddl import (
     INGEST_SETTINGS,
     LOGS,
+    PATCH_SETTINGS,
     RUN_LIST,
     RUNS,
     RUNS_VIEW_SELECT,
@@ -103,6 +104,11 @@ MIGRATIONS: tuple[Migration, ...] = (
     ),
     # Empty at first: the query API's first refresh folds every run into it.
     Migration(6, "the run list", lambda layout, days: create_table(RUN_LIST, layout, days)),
+    Migration(
+        7,
+        "run list rows deleted through patch parts",
+        lambda layout, _: [modify_settings(RUN_LIST, tuple(k for k, _ in PATCH_SETTINGS), layout)],
+    ),
 )
 
 MIGRATIONS_TABLE = Table(
