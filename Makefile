@@ -45,6 +45,7 @@ fuzz: $(VENV)/.test-installed
 # command that reproduces them. The query benchmark builds 1M runs first.
 bench: $(VENV)/.test-installed
 	$(BIN)/python -m benchmarks.ingest_bench
+	$(BIN)/python -m benchmarks.insert_bench
 	$(BIN)/python -m benchmarks.live_bench
 	$(BIN)/python -m benchmarks.query_bench --runs 1000000
 
