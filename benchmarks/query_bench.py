@@ -1,10 +1,13 @@
 """Query benchmark: 1M runs and 20M steps in embedded ClickHouse, timed over real HTTP.
 
-    .venv/bin/python benchmarks/query_bench.py [--runs 1000000] [--repeat 30]
+    .venv/bin/python -m benchmarks.query_bench [--runs 1000000] [--repeat 30] [--ingest 5000]
 
 Generates the dataset once under benchmarks/.data (reused while its size
 matches), starts the query API in this process on a free port, and reports
-p50/p95 latency for the DESIGN.md §5 query bars.
+p50/p95 latency for the DESIGN.md §5 query bars. With `--ingest N` the
+collector runs in the same process too and eight gRPC exporters send the
+ingest benchmark's agent runs at N spans/s while the queries are timed
+(those runs stay in the dataset: they are newer than it, so they head the list).
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import platform
+import random
 import statistics
 import sys
 import threading
@@ -21,6 +25,8 @@ from pathlib import Path
 
 import httpx
 
+from benchmarks import load
+from benchmarks.ingest_bench import Backoff, GrpcSender, Tally, paced, percentile
 from benchmarks.query_data import generate_runs, generate_tree
 from tracehouse.query_api.store import Store
 from tracehouse.schema.clickhouse import open_client
@@ -54,8 +60,8 @@ def prepare(dsn: str, runs: int) -> None:
     client.close()
 
 
-def start_api(dsn: str) -> tuple[str, Callable[[], None]]:
-    settings = Settings(clickhouse_url=dsn, api_port=0, retention_days=0)
+def start_api(dsn: str, collector: bool = False) -> tuple[Ports, Callable[[], None]]:
+    settings = Settings(clickhouse_url=dsn, api_port=0, grpc_port=0, http_port=0, retention_days=0)
     ready = threading.Event()
     ports: list[Ports] = []
     stop = asyncio.Event()
@@ -63,7 +69,7 @@ def start_api(dsn: str) -> tuple[str, Callable[[], None]]:
 
     async def main() -> None:
         loop.append(asyncio.get_running_loop())
-        await serve(settings, Roles(collector=False), stop,
+        await serve(settings, Roles(collector=collector), stop,
                     on_ready=lambda p: (ports.append(p), ready.set()))  # fmt: skip
 
     thread = threading.Thread(target=asyncio.run, args=(main(),), daemon=True)
@@ -75,7 +81,39 @@ def start_api(dsn: str) -> tuple[str, Callable[[], None]]:
         loop[0].call_soon_threadsafe(stop.set)
         thread.join(30)
 
-    return f"http://127.0.0.1:{ports[0].api}/api/v1", shutdown
+    return ports[0], shutdown
+
+
+class Ingest:
+    """Eight gRPC exporters sending agent runs at `rate` spans/s, in a thread, until stopped."""
+
+    EXPORTERS = 8
+
+    def __init__(self, port: int, rate: float, seconds: float, seed: int = 1) -> None:
+        self._items = load.generate(seed, int(rate * seconds))
+        self._port, self._rate = port, rate
+        self._tally: list[Tally] = []
+        self._thread = threading.Thread(target=asyncio.run, args=(self._send(),), daemon=True)
+
+    async def _send(self) -> None:
+        senders = [GrpcSender(self._port) for _ in range(self.EXPORTERS)]
+        backoff = Backoff(0.1, random.Random(1))
+        self._tally.append(await paced(senders, self._items, self._rate, backoff))
+        for sender in senders:
+            await sender.close()
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def report(self) -> str:
+        """What the exporters saw; called when the timing is over."""
+        covered = "throughout" if self._thread.is_alive() else "NOT throughout: it ended first"
+        self._thread.join()
+        tally = self._tally[0]
+        latency = tally.latencies_ms
+        return (f"ingest {covered}: {tally.rate:,.0f} spans/s achieved of {self._rate:,.0f} "
+                f"offered, export p50 {percentile(latency, 0.5):.0f} / "
+                f"p99 {percentile(latency, 0.99):.0f} ms, {tally.retries} retries")  # fmt: skip
 
 
 def wait_for_run_list(dsn: str) -> None:
@@ -105,12 +143,21 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--runs", type=int, default=1_000_000)
     parser.add_argument("--repeat", type=int, default=30)
+    parser.add_argument("--ingest", type=float, default=0.0,
+                        help="spans/s sent by exporters while the queries are timed")  # fmt: skip
     args = parser.parse_args()
     DATA.mkdir(parents=True, exist_ok=True)
     dsn = f"chdb://{DATA}?database=bench_{args.runs}"
     prepare(dsn, args.runs)
-    base, shutdown = start_api(dsn)
+    ports, shutdown = start_api(dsn, collector=bool(args.ingest))
+    base = f"http://127.0.0.1:{ports.api}/api/v1"
     wait_for_run_list(dsn)
+    ingest = None
+    if args.ingest:
+        # Long enough to outlast the timed requests (the report says if it did).
+        ingest = Ingest(ports.grpc, args.ingest, seconds=0.15 * 4 * args.repeat + 20)
+        ingest.start()
+        time.sleep(5)  # into the steady state: runs arriving, the run list refreshing
     scenarios = {
         "list, first page with counts (bar p95 < 100 ms)": ("/runs", {}),
         "list, filtered and searched (bar p95 < 200 ms)": (
@@ -129,8 +176,12 @@ def main() -> None:
             p95 = times[min(len(times) - 1, int(len(times) * 0.95))]
             print(f"| {label} | {first:.0f} | {statistics.median(times):.1f} | {p95:.1f} |",
                   flush=True)  # fmt: skip
+    if ingest:
+        print(f"\n{ingest.report()}")
     shutdown()
-    print(f"\nreproduce: .venv/bin/python -m benchmarks.query_bench --runs {args.runs}")
+    extra = f" --ingest {args.ingest:.0f}" if args.ingest else ""
+    print(f"\nreproduce: .venv/bin/python -m benchmarks.query_bench --runs {args.runs}"
+          f" --repeat {args.repeat}{extra}")  # fmt: skip
 
 
 if __name__ == "__main__":
