@@ -237,14 +237,19 @@ def test_a_refresh_stopped_before_its_delete_is_finished_by_the_next(db: Client)
     assert listed(db) == {t.hex(): 1 for t in made.values()}
 
 
-def test_a_database_of_version_5_gets_the_run_list(db: Client) -> None:
+def at_version(db: Client, version: int) -> None:
+    """The schema as a release that stopped at this migration left it."""
     for statement in create_table(MIGRATIONS_TABLE, SINGLE_NODE, 0):
         db.command(statement)
-    for migration in MIGRATIONS[:5]:
+    for migration in MIGRATIONS[:version]:
         for statement in migration.statements(SINGLE_NODE, 0):
             db.command(statement)
         db.insert("tracehouse_migrations", [[migration.version, migration.name]],
                   column_names=["version", "name"])  # fmt: skip
+
+
+def test_a_database_of_version_5_gets_the_run_list(db: Client) -> None:
+    at_version(db, 5)
     writer = span_writer(db)  # as the old version wrote them: Runs would migrate first
     made = every_kind_of_run(lambda *spans: writer.write(block_of(spans)), start=0)
     store = Store(db, run_list_margin_s=0)
@@ -261,13 +266,7 @@ def test_a_database_of_version_5_gets_the_run_list(db: Client) -> None:
 
 
 def test_a_database_of_version_6_replaces_rows_through_patch_parts(db: Client) -> None:
-    for statement in create_table(MIGRATIONS_TABLE, SINGLE_NODE, 0):
-        db.command(statement)
-    for migration in MIGRATIONS[:6]:
-        for statement in migration.statements(SINGLE_NODE, 0):
-            db.command(statement)
-        db.insert("tracehouse_migrations", [[migration.version, migration.name]],
-                  column_names=["version", "name"])  # fmt: skip
+    at_version(db, 6)
     writer = span_writer(db)
     made = every_kind_of_run(lambda *spans: writer.write(block_of(spans)), start=0)
     store = Store(db, run_list_margin_s=0)

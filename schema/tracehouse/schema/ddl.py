@@ -58,12 +58,13 @@ SINGLE_NODE = Layout()
 # Merged parts past it turn wide, for column reads. A merge selector base of
 # 10 (5 by default) lets more parts of a size gather before they are merged:
 # each span is rewritten fewer times (merge CPU at saturation 6.2 -> 4.7 s).
-# Rows deleted every second (the run list's replaced rows) are masked by a
-# small patch part, not by a mutation rewriting a mask in every part: a
-# DELETE then costs ~12 ms, not 20 ms to 1 s, and stops stalling inserts.
-PATCH_SETTINGS = (("enable_block_number_column", "1"), ("enable_block_offset_column", "1"))
-
 INGEST_SETTINGS = (("min_bytes_for_wide_part", str(256 * 2**20)), ("merge_selector_base", "10"))
+
+# Rows deleted every second (the run list's replaced rows) are masked by a
+# small patch part, not by a mutation writing a new mask into every part:
+# under 10,000 spans/s a refresh's DELETE took 97 ms, not 512 (up to 1.5 s),
+# and ingest's p99 fell 167 -> 132 ms.
+PATCH_SETTINGS = (("enable_block_number_column", "1"), ("enable_block_offset_column", "1"))
 
 
 @dataclass(frozen=True, slots=True)
