@@ -1,6 +1,6 @@
 """Every captured framework trace becomes the runs, steps and sub-runs its README describes.
 
-The captures in shared/fixtures/otlp are real exports of pydantic-ai,
+The captures in tests/fixtures/otlp are real exports of pydantic-ai,
 LangGraph + OpenInference, OpenLLMetry and the Vercel AI SDK. Each is sent
 through the running collector (as protobuf, and again as OTLP/JSON into a
 second database) and read back as headers and trees.
