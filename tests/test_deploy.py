@@ -40,8 +40,18 @@ DATASOURCE = yaml.safe_load(
 
 def users() -> dict[str, str]:
     """ClickHouse users of deploy/clickhouse/users.xml, with their passwords."""
-    root = ET.parse(DEPLOY / "clickhouse" / "users.xml").getroot()
-    return {user.tag: user.findtext("password", "") for user in root.find("users") or ()}
+    found = ET.parse(DEPLOY / "clickhouse" / "users.xml").getroot().find("users")
+    assert found is not None
+    return {user.tag: user.findtext("password", "") for user in found}
+
+
+def operator_users() -> dict[str, str]:
+    """The same users as the Kubernetes ClickHouseInstallation makes them."""
+    installation = yaml.safe_load((DEPLOY / "kubernetes" / "clickhouse.yaml").read_text())
+    settings = installation["spec"]["configuration"]["users"]
+    return {
+        key.split("/")[0]: value for key, value in settings.items() if key.endswith("/password")
+    }
 
 
 def containers() -> list[dict[str, Any]]:
@@ -91,6 +101,7 @@ def test_every_command_run_by_deploy_is_a_tracehouse_command() -> None:
 
 def test_the_services_and_grafana_log_in_as_users_clickhouse_has() -> None:
     known = users()
+    assert operator_users() == known
     dsns = [COMPOSE["x-tracehouse"]["environment"]["TRACEHOUSE_CLICKHOUSE_URL"]] + [
         m["stringData"]["TRACEHOUSE_CLICKHOUSE_URL"] for m in MANIFESTS if m["kind"] == "Secret"
     ]
@@ -133,7 +144,7 @@ def grafana_sql(sql: str) -> str:
     sql = re.sub(
         r"\$__timeInterval\((\w+)\)", r"toStartOfInterval(toDateTime(\1), INTERVAL 60 second)", sql
     )
-    return sql.replace("${project}", "default")
+    return sql.replace("${project:sqlstring}", "'default'")
 
 
 def panel(db: Client, title: str) -> list[dict[str, Any]]:
