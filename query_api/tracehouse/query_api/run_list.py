@@ -1,4 +1,4 @@
-"""Keeping the run list current: the runs that moved, folded again every second.
+"""Keeping the run list current: the runs that moved, folded again every few seconds.
 
 `run_list` holds one narrow row per run, which lists page through and count
 (sql.py). A `RunList` keeps it in the background of the query API: every
@@ -25,8 +25,8 @@ from tracehouse.query_api.store import Store
 log = logging.getLogger(__name__)
 
 # How often (in refreshes) and how far back the rows that missed a change
-# are looked for: a minute apart at the default interval, over an hour.
-RECHECK_EVERY = 60
+# are looked for: a minute apart at the default interval (3 s), over an hour.
+RECHECK_EVERY = 20
 RECHECK_WINDOW_NS = 3_600 * 10**9
 
 

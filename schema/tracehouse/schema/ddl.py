@@ -60,7 +60,7 @@ SINGLE_NODE = Layout()
 # each span is rewritten fewer times (merge CPU at saturation 6.2 -> 4.7 s).
 INGEST_SETTINGS = (("min_bytes_for_wide_part", str(256 * 2**20)), ("merge_selector_base", "10"))
 
-# Rows deleted every second (the run list's replaced rows) are masked by a
+# Rows deleted at every refresh (the run list's replaced rows) are masked by a
 # small patch part, not by a mutation writing a new mask into every part:
 # under 10,000 spans/s a refresh's DELETE took 97 ms, not 512 (up to 1.5 s),
 # and ingest's p99 fell 167 -> 132 ms.
