@@ -96,6 +96,13 @@ def span(
     return built
 
 
+def chat(tokens: tuple[int, int], model: str = "gpt-4o") -> dict[str, Any]:
+    """The OTel GenAI attributes of an LLM call: its model and (input, output) tokens."""
+    return {"gen_ai.operation.name": "chat", "gen_ai.request.model": model,
+            "gen_ai.provider.name": "openai", "gen_ai.usage.input_tokens": tokens[0],
+            "gen_ai.usage.output_tokens": tokens[1]}  # fmt: skip
+
+
 def request(
     spans: Iterable[otlp.Span], service: str = "svc"
 ) -> otlp_trace.ExportTraceServiceRequest:

@@ -11,7 +11,7 @@ import httpx
 import pytest
 from opentelemetry.proto.trace.v1 import trace_pb2 as otlp
 
-from builders import BASE_NS, new_id, request, span
+from builders import BASE_NS, chat, new_id, request, span
 from conftest import RunningServer, server_settings
 from tracehouse.query_api import models
 
@@ -22,12 +22,6 @@ AGENT = {"gen_ai.operation.name": "invoke_agent"}
 
 def agent(name: str, **extra: Any) -> dict[str, Any]:
     return AGENT | {"gen_ai.agent.name": name} | extra
-
-
-def chat(tokens: tuple[int, int]) -> dict[str, Any]:
-    return {"gen_ai.operation.name": "chat", "gen_ai.request.model": "gpt-4o",
-            "gen_ai.provider.name": "openai", "gen_ai.usage.input_tokens": tokens[0],
-            "gen_ai.usage.output_tokens": tokens[1]}  # fmt: skip
 
 
 class Api:

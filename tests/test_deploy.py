@@ -21,7 +21,7 @@ import pytest
 import yaml
 from clickhouse_connect.driver.client import Client
 
-from builders import BASE_NS, Runs, new_id, span
+from builders import BASE_NS, Runs, chat, new_id, span
 from tracehouse.cli import parser
 from tracehouse.query_api.run_list import RunList
 from tracehouse.query_api.runs import run_page
@@ -154,12 +154,6 @@ def panel(db: Client, title: str) -> list[dict[str, Any]]:
     return list(answer.named_results())
 
 
-def chat(model: str, tokens: tuple[int, int]) -> dict[str, Any]:
-    return {"gen_ai.operation.name": "chat", "gen_ai.request.model": model,
-            "gen_ai.provider.name": "openai", "gen_ai.usage.input_tokens": tokens[0],
-            "gen_ai.usage.output_tokens": tokens[1]}  # fmt: skip
-
-
 def tool(name: str) -> dict[str, Any]:
     return {"gen_ai.operation.name": "execute_tool", "gen_ai.tool.name": name}
 
@@ -172,9 +166,9 @@ def agent_runs(runs: Runs) -> None:
         failed = n in (1, 4)
         steps = [
             span("chat gpt-4o", trace, new_id(8), root, start=start + 1, end=start + 50,
-                 attributes=chat("gpt-4o", (100 + n, 10))),
+                 attributes=chat((100 + n, 10), "gpt-4o")),
             span("chat gpt-4o-mini", trace, new_id(8), root, start=start + 60, end=start + 70,
-                 attributes=chat("gpt-4o-mini", (50, 5))),
+                 attributes=chat((50, 5), "gpt-4o-mini")),
             span("execute_tool search", trace, new_id(8), root, start=start + 80,
                  end=start + 90 + n, attributes=tool("search"),
                  error="search is down" if failed else None),
