@@ -56,11 +56,13 @@ def cpu_s() -> float:
 def batches(blocks: Sequence[Block], size: int) -> list[Block]:
     out: list[Block] = []
     pending: list[Block] = []
+    spans = 0
     for block in blocks:
         pending.append(block)
-        if sum(b.count for b in pending) >= size:
+        spans += block.count
+        if spans >= size:
             out.append(join(pending))
-            pending = []
+            pending, spans = [], 0
     return [*out, join(pending)] if pending else out
 
 
