@@ -1,8 +1,10 @@
 """A bounded batcher in front of the writer, after the OTel SDK's BatchProcessor.
 
-Exports are grouped into one insert when the batch reaches `max_spans` or
-its oldest export has waited `max_delay`, whichever is first; the flusher
-waits on an event with a timeout, never a polling sleep. Each `submit`
+Exports wait to be grouped into one insert until the batch holds
+`ready_spans` or its oldest export has waited `max_delay`, whichever is
+first, and one insert takes at most `max_spans`; the flusher waits on an
+event with a timeout, never a polling sleep. While an insert is in flight,
+whatever arrives waits for it and goes into the next one. Each `submit`
 returns only when its spans are written (or raises when they were not), so
 a receiver acknowledges nothing that is not in ClickHouse. Spans waiting or
 being written are bounded by `max_queued`: past it `submit` refuses at once
@@ -91,16 +93,18 @@ class Batcher:
         max_spans: int,
         max_delay: float,
         max_queued: int,
+        ready_spans: int | None = None,
     ) -> None:
         self._write = write
         self._max_spans = max_spans
+        self._ready_spans = min(ready_spans or max_spans, max_spans)
         self._max_delay = max_delay
         self._max_queued = max_queued
         self._waiting: deque[_Waiting] = deque()
         self._queued = 0  # spans waiting
         self._held = 0  # spans waiting or being written
         self._arrived = asyncio.Event()
-        self._full = asyncio.Event()
+        self._ready = asyncio.Event()
         self._closing = False
         self._task: asyncio.Task[None] | None = None
         self._last_failure_log = 0.0
@@ -122,7 +126,7 @@ class Batcher:
     ) -> None:
         self._closing = True
         self._arrived.set()
-        self._full.set()
+        self._ready.set()
         if self._task:
             await self._task
 
@@ -142,8 +146,8 @@ class Batcher:
         self._queued += block.count
         self._held += block.count
         self._arrived.set()
-        if self._queued >= self._max_spans:
-            self._full.set()
+        if self._queued >= self._ready_spans:
+            self._ready.set()
         await asyncio.shield(done)
 
     async def _run(self) -> None:
@@ -186,15 +190,15 @@ class Batcher:
         return outcomes
 
     async def _until_due(self) -> None:
-        """Wait until the batch is full, its oldest export is due, or we are closing."""
-        if self._closing or self._queued >= self._max_spans:
+        """Wait until the batch is ready, its oldest export is due, or we are closing."""
+        if self._closing or self._queued >= self._ready_spans:
             return
         delay = self._waiting[0].since + self._max_delay - time.monotonic()
         if delay <= 0:
             return
-        self._full.clear()
+        self._ready.clear()
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._full.wait(), delay)
+            await asyncio.wait_for(self._ready.wait(), delay)
 
     def _take(self) -> list[_Waiting]:
         """Whole exports up to `max_spans` (always at least one)."""

@@ -92,6 +92,7 @@ class Collector:
         return Batcher(
             writer.write_async,
             max_spans=s.batch_max_spans,
+            ready_spans=s.batch_ready_spans,
             max_delay=s.batch_max_delay_ms / 1000,
             max_queued=s.queue_max_spans,
         )
