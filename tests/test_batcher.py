@@ -299,12 +299,15 @@ def test_cancelled_submitter_during_the_write_does_not_affect_the_others() -> No
     asyncio.run(scenario())
 
 
+def ready_at(spans: int, writer: FakeWriter) -> Batcher:
+    """A batcher that would wait out a long delay for any batch under `spans`."""
+    return Batcher(writer, max_spans=100, max_delay=LONG_DELAY, max_queued=1000, ready_spans=spans)
+
+
 def test_an_export_of_ready_spans_is_written_without_waiting_for_company() -> None:
     async def scenario() -> None:
         writer = FakeWriter()
-        async with Batcher(
-            writer, max_spans=100, max_delay=LONG_DELAY, max_queued=1000, ready_spans=4
-        ) as b:
+        async with ready_at(4, writer) as b:
             await guarded(b.submit(labelled("a", 4)))
             assert writer.written == [["a0", "a1", "a2", "a3"]]
 
@@ -314,9 +317,7 @@ def test_an_export_of_ready_spans_is_written_without_waiting_for_company() -> No
 def test_small_exports_wait_until_together_they_reach_ready_spans() -> None:
     async def scenario() -> None:
         writer = FakeWriter()
-        async with Batcher(
-            writer, max_spans=100, max_delay=LONG_DELAY, max_queued=1000, ready_spans=4
-        ) as b:
+        async with ready_at(4, writer) as b:
             first = submitting(b, labelled("a", 1), labelled("b", 2))
             await queued(first)  # 3 spans: waiting out the delay for more
             assert writer.written == []
@@ -331,9 +332,7 @@ def test_exports_arriving_during_a_write_share_the_next_insert() -> None:
     async def scenario() -> None:
         writer = FakeWriter()
         writer.hold()
-        async with Batcher(
-            writer, max_spans=100, max_delay=LONG_DELAY, max_queued=1000, ready_spans=2
-        ) as b:
+        async with ready_at(2, writer) as b:
             first = submitting(b, labelled("a", 2))
             await guarded(writer.in_write.wait())
             later = submitting(b, labelled("b", 2), labelled("c", 2))
