@@ -28,6 +28,15 @@ async def prepared(workers: Workers, body: bytes) -> int:
     return block.count
 
 
+async def kill_the_worker(workers: Workers) -> None:
+    """Kill a one-worker pool's worker; the export that finds it dead fails retryably."""
+    (pid,) = workers.pids
+    os.kill(pid, signal.SIGKILL)
+    await asyncio.sleep(0.5)  # the pool notices a dead worker at once; give it time
+    with pytest.raises(WriteFailed):
+        await prepared(workers, export(3))
+
+
 def test_exports_are_prepared_in_worker_processes_and_their_errors_come_back() -> None:
     async def main() -> None:
         with Workers(2) as workers:
@@ -47,11 +56,7 @@ def test_a_killed_worker_fails_its_export_retryably_and_the_next_one_is_prepared
     async def main() -> None:
         with Workers(1) as workers:
             await workers.start()
-            (pid,) = workers.pids
-            os.kill(pid, signal.SIGKILL)
-            await asyncio.sleep(0.5)  # the pool notices a dead worker at once; give it time
-            with pytest.raises(WriteFailed):
-                await prepared(workers, export(3))
+            await kill_the_worker(workers)
             assert await prepared(workers, export(3)) == 3
 
     asyncio.run(main())
@@ -59,15 +64,12 @@ def test_a_killed_worker_fails_its_export_retryably_and_the_next_one_is_prepared
 
 def test_each_worker_keeps_its_start_heap_out_of_the_cycle_collector_replacements_too() -> None:
     # The modules a worker starts with are ~100,000 objects; walked by every
-    # full collection, they made one export in fifty take 3x its CPU.
+    # full collection, they made one export in fifty take three times its CPU.
     async def main() -> None:
         with Workers(1) as workers:
             await workers.start()
             assert await workers.run(gc.get_freeze_count) > 10_000
-            os.kill(workers.pids[0], signal.SIGKILL)
-            await asyncio.sleep(0.5)
-            with pytest.raises(WriteFailed):
-                await prepared(workers, export(3))
+            await kill_the_worker(workers)
             assert await workers.run(gc.get_freeze_count) > 10_000  # a fresh pool, never warmed
 
     asyncio.run(main())
