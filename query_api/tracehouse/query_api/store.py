@@ -60,17 +60,17 @@ class Store:
         self._traces: OrderedDict[tuple[str, str], str] = OrderedDict()
         self._traces_lock = threading.Lock()
 
-    def _query(self, sql: str, parameters: dict[str, Any]) -> QueryResult:
+    def _query(self, query: str, parameters: dict[str, Any]) -> QueryResult:
         with _storage_errors():
-            return self._client.query(sql, parameters=parameters)
+            return self._client.query(query, parameters=parameters, settings=sql.READ_SETTINGS)
 
-    def _command(self, sql: str, parameters: dict[str, Any]) -> None:
+    def _command(self, statement: str, parameters: dict[str, Any]) -> None:
         """A statement that answers no rows (an insert from a select, a delete)."""
         with _storage_errors():
-            self._client.command(sql, parameters=parameters)
+            self._client.command(statement, parameters=parameters)
 
-    def _rows(self, sql: str, parameters: dict[str, Any]) -> Sequence[Sequence[Any]]:
-        return self._query(sql, parameters).result_rows
+    def _rows(self, query: str, parameters: dict[str, Any]) -> Sequence[Sequence[Any]]:
+        return self._query(query, parameters).result_rows
 
     def ready(self) -> bool:
         """ClickHouse answers and every migration this build knows is applied."""
