@@ -69,14 +69,17 @@ class Export:
     runs: tuple[Run, ...]
 
 
-def generate(seed: int, spans: int) -> list[Export]:
-    """Exports holding at least `spans` spans of whole runs, the same for the same seed."""
+def generate(seed: int, spans: int, start_ns: int = BASE_NS) -> list[Export]:
+    """Exports holding at least `spans` spans of whole runs, the same for the same seed.
+
+    `start_ns`: when the first run starts (the same bytes need the same start).
+    """
     rng = random.Random(seed)
     exports, batch, batch_spans, total = [], [], 0, 0
     for index in _count():
         if total >= spans:
             break
-        resource_spans, run = _RunBuilder(rng, index).build()
+        resource_spans, run = _RunBuilder(rng, index, start_ns).build()
         if batch_spans + run.spans > MAX_BATCH:
             exports.append(_encode(batch))
             batch, batch_spans = [], 0
@@ -124,12 +127,12 @@ def _compact(value: object) -> str:
 class _RunBuilder:
     """One run: a root agent and its steps, built depth first, kept in end order."""
 
-    def __init__(self, rng: random.Random, index: int) -> None:
+    def __init__(self, rng: random.Random, index: int, start_ns: int) -> None:
         self.rng = rng
         self.trace_id = rng.randbytes(16)
         self.agent, self.model, self.provider, self.tools = rng.choice(AGENTS)
         self.conversation = rng.randbytes(8).hex()
-        self.clock = BASE_NS + index * 1_700 * MS + rng.randrange(1_000 * MS)
+        self.clock = start_ns + index * 1_700 * MS + rng.randrange(1_000 * MS)
         self.spans: list[otlp.Span] = []
         self.failing = rng.random() < 0.04
         self.root_id = b""
