@@ -21,7 +21,7 @@ from typing import Any
 from clickhouse_connect.driver.query import QueryResult
 
 from benchmarks.ingest_bench import percentile
-from benchmarks.query_bench import DATA, Ingest, prepare, start_api, wait_for_run_list
+from benchmarks.query_bench import Bench
 from tracehouse.query_api import sql
 from tracehouse.query_api.store import Store
 from tracehouse.schema.clickhouse import open_client
@@ -85,18 +85,9 @@ def main() -> None:
     parser.add_argument("--ingest", type=float, default=0.0,
                         help="spans/s sent by exporters while the pages are asked for")  # fmt: skip
     args = parser.parse_args()
-    DATA.mkdir(parents=True, exist_ok=True)
-    dsn = f"chdb://{DATA}?database=bench_{args.runs}"
-    stored = prepare(dsn, args.runs)
-    ports, shutdown = start_api(dsn, collector=bool(args.ingest))
-    wait_for_run_list(dsn)
-    ingest = None
-    if args.ingest:
-        # Each list is asked for `repeat` times at well under a second each.
-        ingest = Ingest(ports.grpc, args.ingest, seconds=1.5 * args.repeat + 30, seed=stored)
-        ingest.start()
-        time.sleep(5)  # into the steady state: runs arriving, the run list refreshing
-    client = open_client(dsn)
+    # Each list is asked for `repeat` times at well under a second each.
+    bench = Bench.start(args.runs, args.ingest, seconds=1.5 * args.repeat + 30)
+    client = open_client(bench.dsn)
     store = TimedStore(client)
     print(f"\n{args.repeat} pages each, p50 / p95 ms\n")
     print("| list | fresh runs | " + " | ".join(PARTS) + " | whole page |")
@@ -104,9 +95,9 @@ def main() -> None:
     for label, f in LISTS.items():
         print(f"| {label} | {probe(store, f, args.repeat)} |", flush=True)
     client.close()
-    if ingest:
-        print(f"\n{ingest.report()}")
-    shutdown()
+    if bench.ingest:
+        print(f"\n{bench.ingest.report()}")
+    bench.shutdown()
     extra = f" --ingest {args.ingest:.0f}" if args.ingest else ""
     print(f"\nreproduce: .venv/bin/python -m benchmarks.list_probe --runs {args.runs}"
           f" --repeat {args.repeat}{extra}")  # fmt: skip

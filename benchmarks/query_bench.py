@@ -22,6 +22,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import NamedTuple
 
 import httpx
 
@@ -141,6 +142,30 @@ def wait_for_run_list(dsn: str) -> None:
     client.close()
 
 
+class Bench(NamedTuple):
+    """The dataset, the query API on it in this process, and under ingest the collector and load."""
+
+    dsn: str
+    ports: Ports
+    shutdown: Callable[[], None]
+    ingest: Ingest | None
+
+    @classmethod
+    def start(cls, runs: int, ingest_rate: float, seconds: float) -> Bench:
+        """Ready to be timed: the run list current and, under ingest, the load under way."""
+        DATA.mkdir(parents=True, exist_ok=True)
+        dsn = f"chdb://{DATA}?database=bench_{runs}"
+        stored = prepare(dsn, runs)
+        ports, shutdown = start_api(dsn, collector=bool(ingest_rate))
+        wait_for_run_list(dsn)
+        ingest = None
+        if ingest_rate:
+            ingest = Ingest(ports.grpc, ingest_rate, seconds, seed=stored)
+            ingest.start()
+            time.sleep(5)  # into the steady state: runs arriving, the run list refreshing
+        return cls(dsn, ports, shutdown, ingest)
+
+
 def timed(client: httpx.Client, path: str, params: dict[str, str], repeat: int) -> list[float]:
     """The first request (cold: nothing cached), then `repeat` more."""
     times = []
@@ -158,20 +183,12 @@ def main() -> None:
     parser.add_argument("--ingest", type=float, default=0.0,
                         help="spans/s sent by exporters while the queries are timed")  # fmt: skip
     args = parser.parse_args()
-    DATA.mkdir(parents=True, exist_ok=True)
-    dsn = f"chdb://{DATA}?database=bench_{args.runs}"
-    stored = prepare(dsn, args.runs)
-    ports, shutdown = start_api(dsn, collector=bool(args.ingest))
+    # Long enough to outlast the timed requests (the report says if it did):
+    # under 5,000 spans/s one request of each scenario took ~0.7 s at the
+    # median, where 0.6 s had been allowed and the load ran out.
+    bench = Bench.start(args.runs, args.ingest, seconds=1.0 * args.repeat + 30)
+    ports, shutdown, ingest = bench.ports, bench.shutdown, bench.ingest
     base = f"http://127.0.0.1:{ports.api}/api/v1"
-    wait_for_run_list(dsn)
-    ingest = None
-    if args.ingest:
-        # Long enough to outlast the timed requests (the report says if it
-        # did): under 5,000 spans/s one request of each scenario took ~0.7 s
-        # at the median, where 0.6 s had been allowed and the load ran out.
-        ingest = Ingest(ports.grpc, args.ingest, seconds=1.0 * args.repeat + 30, seed=stored)
-        ingest.start()
-        time.sleep(5)  # into the steady state: runs arriving, the run list refreshing
     scenarios = {
         "list, first page with counts (bar p95 < 100 ms)": ("/runs", {}),
         "list, filtered and searched (bar p95 < 200 ms)": (
