@@ -13,7 +13,6 @@ of it to work on.
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import time
 from typing import Any
@@ -21,7 +20,7 @@ from typing import Any
 from clickhouse_connect.driver.query import QueryResult
 
 from benchmarks.ingest_bench import percentile
-from benchmarks.query_bench import Bench
+from benchmarks.query_bench import Bench, arguments
 from tracehouse.query_api import sql
 from tracehouse.query_api.store import Store
 from tracehouse.schema.clickhouse import open_client
@@ -51,13 +50,16 @@ class TimedStore(Store):
         return result
 
 
+_KNOWN = {
+    sql.MARKS_SQL: "marks",
+    sql.FRESH_TRACES_SQL: "fresh runs",
+    sql.TRACE_TOTALS_SQL: "totals",
+}
+
+
 def _part(query: str) -> str:
-    known = {
-        sql.MARKS_SQL: "marks",
-        sql.FRESH_TRACES_SQL: "fresh runs",
-        sql.TRACE_TOTALS_SQL: "totals",
-    }
-    return known.get(query, "page" if "ORDER BY started_ns DESC" in query else "counts")
+    # The page and the counts are built per filter; only the page sorts.
+    return _KNOWN.get(query, "page" if "ORDER BY started_ns DESC" in query else "counts")
 
 
 def probe(store: TimedStore, f: sql.RunFilter, repeat: int) -> str:
@@ -79,12 +81,7 @@ def probe(store: TimedStore, f: sql.RunFilter, repeat: int) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--runs", type=int, default=1_000_000)
-    parser.add_argument("--repeat", type=int, default=40)
-    parser.add_argument("--ingest", type=float, default=0.0,
-                        help="spans/s sent by exporters while the pages are asked for")  # fmt: skip
-    args = parser.parse_args()
+    args = arguments(repeat=40, timed="the pages are asked for")
     # Each list is asked for `repeat` times at well under a second each.
     bench = Bench.start(args.runs, args.ingest, seconds=1.5 * args.repeat + 30)
     client = open_client(bench.dsn)
@@ -95,12 +92,7 @@ def main() -> None:
     for label, f in LISTS.items():
         print(f"| {label} | {probe(store, f, args.repeat)} |", flush=True)
     client.close()
-    if bench.ingest:
-        print(f"\n{bench.ingest.report()}")
-    bench.shutdown()
-    extra = f" --ingest {args.ingest:.0f}" if args.ingest else ""
-    print(f"\nreproduce: .venv/bin/python -m benchmarks.list_probe --runs {args.runs}"
-          f" --repeat {args.repeat}{extra}")  # fmt: skip
+    bench.stop("list_probe", args)
 
 
 if __name__ == "__main__":

@@ -165,6 +165,25 @@ class Bench(NamedTuple):
             time.sleep(5)  # into the steady state: runs arriving, the run list refreshing
         return cls(dsn, ports, shutdown, ingest)
 
+    def stop(self, module: str, args: argparse.Namespace) -> None:
+        """The load's report, everything stopped, and the command that reproduces the run."""
+        if self.ingest:
+            print(f"\n{self.ingest.report()}")
+        self.shutdown()
+        extra = f" --ingest {args.ingest:.0f}" if args.ingest else ""
+        print(f"\nreproduce: .venv/bin/python -m benchmarks.{module} --runs {args.runs}"
+              f" --repeat {args.repeat}{extra}")  # fmt: skip
+
+
+def arguments(repeat: int, timed: str) -> argparse.Namespace:
+    """A benchmark's options on this dataset: its size, how many requests, and any ingest."""
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--runs", type=int, default=1_000_000)
+    parser.add_argument("--repeat", type=int, default=repeat)
+    parser.add_argument("--ingest", type=float, default=0.0,
+                        help=f"spans/s sent by exporters while {timed}")  # fmt: skip
+    return parser.parse_args()
+
 
 def timed(client: httpx.Client, path: str, params: dict[str, str], repeat: int) -> list[float]:
     """The first request (cold: nothing cached), then `repeat` more."""
@@ -177,18 +196,12 @@ def timed(client: httpx.Client, path: str, params: dict[str, str], repeat: int) 
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--runs", type=int, default=1_000_000)
-    parser.add_argument("--repeat", type=int, default=30)
-    parser.add_argument("--ingest", type=float, default=0.0,
-                        help="spans/s sent by exporters while the queries are timed")  # fmt: skip
-    args = parser.parse_args()
+    args = arguments(repeat=30, timed="the queries are timed")
     # Long enough to outlast the timed requests (the report says if it did):
     # under 5,000 spans/s one request of each scenario took ~0.7 s at the
     # median, where 0.6 s had been allowed and the load ran out.
     bench = Bench.start(args.runs, args.ingest, seconds=1.0 * args.repeat + 30)
-    ports, shutdown, ingest = bench.ports, bench.shutdown, bench.ingest
-    base = f"http://127.0.0.1:{ports.api}/api/v1"
+    base = f"http://127.0.0.1:{bench.ports.api}/api/v1"
     scenarios = {
         "list, first page with counts (bar p95 < 100 ms)": ("/runs", {}),
         "list, filtered and searched (bar p95 < 200 ms)": (
@@ -206,12 +219,7 @@ def main() -> None:
             p95 = percentile(rest, 0.95)
             print(f"| {label} | {first:.0f} | {statistics.median(rest):.1f} | {p95:.1f} |",
                   flush=True)  # fmt: skip
-    if ingest:
-        print(f"\n{ingest.report()}")
-    shutdown()
-    extra = f" --ingest {args.ingest:.0f}" if args.ingest else ""
-    print(f"\nreproduce: .venv/bin/python -m benchmarks.query_bench --runs {args.runs}"
-          f" --repeat {args.repeat}{extra}")  # fmt: skip
+    bench.stop("query_bench", args)
 
 
 if __name__ == "__main__":
