@@ -21,7 +21,7 @@ from clickhouse_connect.driver.client import Client
 from builders import Runs, block_of, new_id, pending, span
 from conftest import RunningServer
 from tracehouse.collector.writer import span_writer
-from tracehouse.query_api import sql
+from tracehouse.query_api import run_list, sql
 from tracehouse.query_api.run_list import RunList
 from tracehouse.query_api.runs import run_page
 from tracehouse.query_api.sql import RunFilter
@@ -218,6 +218,35 @@ def test_refreshers_in_two_processes_leave_one_row_a_run(db: Client) -> None:
 
     assert listed(db) == {t.hex(): 1 for t in made.values()}
     assert marks(db) == 2
+
+
+def stored_rows(db: Client, patches: bool) -> int:
+    """The run list's runs' rows, with the patch parts of its deletes applied on read or not."""
+    query = "SELECT count() FROM run_list WHERE ProjectId != ''"
+    return int(db.query(query, settings={"apply_patch_parts": int(patches)}).result_rows[0][0])
+
+
+def test_the_refreshes_deletes_are_written_into_the_parts(
+    db: Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    runs = Runs(db)
+    made = every_kind_of_run(runs.send, start=0)
+    store = Store(db, run_list_margin_s=0)
+    refresher = RunList(store, 1)
+    refresher.refresh()
+    runs.send(span("chat", made["completed"], new_id(8), start=1, end=2))
+    # A refresh between rechecks: the replaced row is only masked, on read.
+    assert refresher.refresh() == 1
+    assert (stored_rows(db, patches=True), stored_rows(db, patches=False)) == (len(made), len(made) + 1)
+
+    monkeypatch.setattr(run_list, "RECHECK_EVERY", 1)
+    runs.send(span("chat", made["failed"], new_id(8), start=1, end=2))
+    assert refresher.refresh() == 1
+    deadline = time.monotonic() + 30  # the mutation runs in the background
+    while stored_rows(db, patches=False) > len(made) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert (stored_rows(db, patches=True), stored_rows(db, patches=False)) == (len(made), len(made))
+    assert listed(db) == {t.hex(): 1 for t in made.values()}
 
 
 def test_a_refresh_stopped_before_its_delete_is_finished_by_the_next(db: Client) -> None:

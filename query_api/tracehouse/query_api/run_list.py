@@ -26,6 +26,7 @@ log = logging.getLogger(__name__)
 
 # How often (in refreshes) and how far back the rows that missed a change
 # are looked for: a minute apart at the default interval (3 s), over an hour.
+# As often, the deletes since are written into the run list's parts.
 RECHECK_EVERY = 20
 RECHECK_WINDOW_NS = 3_600 * 10**9
 
@@ -36,6 +37,9 @@ class RunList:
         self._interval = interval_s
         self._since: int | None = None  # runs that moved after this are folded next
         self._refreshes = 0
+        # Whether rows were deleted since they were last written into the parts
+        # (at first unknown: a process before this one may have left some).
+        self._deleted = True
         self._stop = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
 
@@ -78,9 +82,14 @@ class RunList:
             self._since = max(0, self._store.run_list_mark() - margin)
         # At first, and every so often, rows that missed a change are looked
         # for over the last hour (see sql.STALE_SQL).
-        recheck = self._since - RECHECK_WINDOW_NS if self._refreshes % RECHECK_EVERY == 0 else None
+        due = self._refreshes % RECHECK_EVERY == 0
+        recheck = self._since - RECHECK_WINDOW_NS if due else None
         self._refreshes += 1
         folded = self._store.refresh_run_list(self._since, mark, recheck)
         if folded:
             self._since = max(0, mark - margin)
+            self._deleted = True
+        if due and self._deleted:
+            self._store.apply_run_list_deletes()
+            self._deleted = False
         return folded

@@ -276,6 +276,14 @@ SETTINGS lightweight_delete_mode = 'lightweight_update'
     " SELECT '', {mark:Int64}, now64(6), now64(6)",
 )
 
+# The refreshes' deletes written into the run list's parts. Each delete is a
+# patch part, and every read joins the parts older than a patch to it until
+# a merge applies it; the run list's largest parts are never merged again.
+# After 17,500 runs had moved, six patches masking 22,586 rows made the counts
+# take 25 ms and not 11, the filtered page 48 and not 27. A mutation: it runs
+# in the background (~1 s at a million runs) and rewrites only the row mask.
+APPLY_DELETES_SQL = "ALTER TABLE run_list APPLY PATCHES"
+
 # Runs whose row in the run list is not their latest fold: moved in `runs`
 # since `since`, with a newest arrival their row does not have. What a
 # refresh can miss (an insert seen later than its stamp and the margin, a

@@ -198,6 +198,10 @@ class Store:
             self._command(statement, parameters)
         return len(moved)
 
+    def apply_run_list_deletes(self) -> None:
+        """Write the refreshes' deletes into the run list's parts (in the background)."""
+        self._command(sql.APPLY_DELETES_SQL, {})
+
     def stats(
         self, project: str, f: sql.RunFilter, bucket_seconds: int
     ) -> dict[str, Sequence[Sequence[Any]]]:
