@@ -1,6 +1,7 @@
 """A generated dataset for the query benchmark: 1M runs, 20M steps, plus two big trees.
 
-Rows are made inside ClickHouse (INSERT ... SELECT FROM numbers()), through
+Ids are hex digits padded to their OTLP lengths (32 and 16), as the
+collector stores them. Rows are made inside ClickHouse (INSERT ... SELECT FROM numbers()), through
 the real `spans` table, so the runs table is filled by the real
 materialized view. Each run: a root agent span and 19 steps (LLM calls,
 tool calls, and a sub-agent with steps of its own); statuses 90% completed,
@@ -25,10 +26,11 @@ INSERT INTO spans (ProjectId, Timestamp, TraceId, SpanId, ParentSpanId, SpanName
 SELECT
     'default',
     {base} + toIntervalMillisecond(r * 2000 + s * 50),
-    lower(hex(cityHash64(r, {seed}))) || lower(hex(cityHash64(r, {seed} + 1))),
-    lower(hex(cityHash64(r, s, {seed}))),
-    multiIf(s = 0, '', s >= 12, lower(hex(cityHash64(r, 10, {seed}))),
-            lower(hex(cityHash64(r, 0, {seed})))),
+    leftPad(lower(hex(cityHash64(r, {seed}))), 16, '0')
+        || leftPad(lower(hex(cityHash64(r, {seed} + 1))), 16, '0'),
+    leftPad(lower(hex(cityHash64(r, s, {seed}))), 16, '0'),
+    multiIf(s = 0, '', s >= 12, leftPad(lower(hex(cityHash64(r, 10, {seed}))), 16, '0'),
+            leftPad(lower(hex(cityHash64(r, 0, {seed}))), 16, '0')),
     multiIf(s = 0, 'invoke_agent ' || name, kind = 'llm', 'chat gpt-4o', kind = 'tool',
             'execute_tool search', 'invoke_agent helper'),
     'Internal',
@@ -91,9 +93,10 @@ SELECT
     'default',
     {base} + toIntervalMillisecond(n),
     '{trace}',
-    if(n = 0, '{root}', lower(hex(cityHash64('{trace}', n)))),
+    if(n = 0, '{root}', leftPad(lower(hex(cityHash64('{trace}', n))), 16, '0')),
     multiIf(n = 0, '', n <= {children}, '{root}',
-            lower(hex(cityHash64('{trace}', 1 + (n - {children} - 1) % {children})))),
+            leftPad(lower(hex(cityHash64('{trace}', 1 + (n - {children} - 1) % {children}))),
+                    16, '0')),
     if(n = 0, 'invoke_agent big', 'step'),
     'bench-svc',
     1000000,

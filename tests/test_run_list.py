@@ -284,7 +284,7 @@ def test_a_database_of_version_5_gets_the_run_list(db: Client) -> None:
     made = every_kind_of_run(lambda *spans: writer.write(block_of(spans)), start=0)
     store = Store(db, run_list_margin_s=0)
 
-    assert migrate(db, SINGLE_NODE, 30) == [6, 7]
+    assert migrate(db, SINGLE_NODE, 30) == [6, 7, 8]
     before = answers(store)  # nothing refreshed yet: every run read fresh
     assert RunList(store, 1).refresh() == len(made)
 
@@ -303,7 +303,7 @@ def test_a_database_of_version_6_replaces_rows_through_patch_parts(db: Client) -
     refresher = RunList(store, 1)
     refresher.refresh()  # rows written before the migration
 
-    assert migrate(db, SINGLE_NODE, 30) == [7]
+    assert migrate(db, SINGLE_NODE, 30) == [7, 8]
     writer.write(block_of([span("chat", made["completed"], new_id(8), start=1, end=2)]))
     assert refresher.refresh() == 1
 
@@ -313,6 +313,23 @@ def test_a_database_of_version_6_replaces_rows_through_patch_parts(db: Client) -
         "SELECT count() FROM system.parts WHERE table = 'run_list' AND startsWith(name, 'patch-')"
     )
     assert patches.result_rows[0][0] > 0
+
+
+def test_a_database_of_version_7_finds_listed_runs_by_id_off_an_index(db: Client) -> None:
+    at_version(db, 7)
+    writer = span_writer(db)
+    made = every_kind_of_run(lambda *spans: writer.write(block_of(spans)), start=0)
+    store = Store(db, run_list_margin_s=0)
+    RunList(store, 1).refresh()  # rows written before the migration
+
+    assert migrate(db, SINGLE_NODE, 30) == [8]
+    run_id = Runs(db).tree(made["completed"]).run.run_id
+    assert Store(db).find_trace("default", run_id) == made["completed"].hex()
+    plan = db.query(
+        "EXPLAIN indexes = 1 " + sql.FIND_LISTED_SQL,
+        parameters={"project": "default", "id": run_id},
+    )
+    assert "idx_run_id" in "\n".join(row[0] for row in plan.result_rows)
 
 
 def test_the_service_keeps_the_run_list(server: RunningServer, db: Client) -> None:

@@ -105,7 +105,7 @@ def test_a_database_from_before_pending_spans_upgrades_keeping_its_runs(db: Clie
     ]
     db.insert("spans", old_data, column_names=old_columns, column_oriented=True)
 
-    assert migrate(db, SINGLE_NODE, 30) == [2, 3, 4, 5, 6, 7]
+    assert migrate(db, SINGLE_NODE, 30) == [2, 3, 4, 5, 6, 7, 8]
 
     assert "ORDER BY (ProjectId, TraceId, SpanId, Pending)" in engine_of(db, "spans")
     assert "min_bytes_for_wide_part = 268435456, merge_selector_base = 10" in engine_of(db, "spans")

@@ -121,6 +121,9 @@ class Step:
     orphan: bool = False
     children: list[Step] = field(default_factory=list)
     run: RunHeader | None = None  # set for the tree's root run and its sub-runs
+    # Children counted but not read (levels.py reads a big tree a level at a
+    # time): such a step is shown without them.
+    unread: int = 0
     # Of everything below this step:
     descendants: int = 0
     llm_steps: int = 0
@@ -142,7 +145,7 @@ def build_tree(rows: Iterable[SpanRow], root: SpanRow) -> Step:
     """The step tree under `root` (a stored span, or a stand-in for one not arrived)."""
     by_id = {row.span_id: row for row in rows if row.span_id != root.span_id}
     # Sorted once, so that every step's children are listed in start order.
-    ordered = sorted(by_id.values(), key=_start_order)
+    ordered = sorted(by_id.values(), key=start_order)
     children: dict[str, list[SpanRow]] = defaultdict(list)
     for row in ordered:
         children[row.parent_id].append(row)
@@ -156,12 +159,12 @@ def build_tree(rows: Iterable[SpanRow], root: SpanRow) -> Step:
             orphan = Step(row, tree.step_id, orphan=True)
             tree.children.append(orphan)
             _attach(orphan, children, seen)
-    tree.children.sort(key=lambda s: _start_order(s.row))
+    tree.children.sort(key=lambda s: start_order(s.row))
     _summarise(tree)
     return tree
 
 
-def _start_order(row: SpanRow) -> tuple[int, int, str]:
+def start_order(row: SpanRow) -> tuple[int, int, str]:
     return row.start_ns, row.export_index, row.span_id
 
 

@@ -20,7 +20,7 @@ from starlette.requests import HTTPConnection
 from tracehouse.keys import ApiKeys, Use
 from tracehouse.query_api import models, params, views
 from tracehouse.query_api.assembly import find
-from tracehouse.query_api.runs import TreeCache, run_page, run_step, run_tree
+from tracehouse.query_api.runs import TreeCache, first_level, run_page, run_step, run_tree
 from tracehouse.query_api.sql import RunFilter
 from tracehouse.query_api.store import Store
 
@@ -142,7 +142,10 @@ async def get_tree(
     """The nested steps of a run, sub-runs inline. `depth=N` keeps N levels below the
     tree's root (default: all, up to 100 levels); a cut step has `children: null` and its
     `child_count`. `from=<step_id>` roots the answer at that step."""
-    tree = await run_in_threadpool(run_tree, store, project, params.run_id(run_id), trees)
+    # A first level alone needs less of a big run than its whole tree.
+    shallow = from_step is None and depth is not None and depth <= 1
+    read = first_level if shallow else run_tree
+    tree = await run_in_threadpool(read, store, project, params.run_id(run_id), trees)
     if tree is None:
         raise NotFound(f"no run {run_id}")
     root = tree.root

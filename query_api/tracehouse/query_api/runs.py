@@ -11,6 +11,7 @@ from collections import OrderedDict
 from dataclasses import replace
 from typing import Any, NamedTuple
 
+from tracehouse.query_api import levels
 from tracehouse.query_api.assembly import (
     RunHeader,
     Step,
@@ -40,34 +41,44 @@ class TreeCache:
     time); assembling it once saves the rest from reading every span again,
     and checking its trace's version (two counts and the newest arrival,
     off the primary key) saves them from summing every span for a header.
-    Bounded by steps.
+    A big run's first level read alone (levels.py) is kept apart: it holds
+    no more than that level. Bounded by steps held.
     """
 
     def __init__(self, max_steps: int) -> None:
         self._max_steps = max_steps
         self._steps = 0
-        self._trees: OrderedDict[tuple[str, str], tuple[Version, RunTree]] = OrderedDict()
+        self._trees: OrderedDict[tuple[str, str, bool], tuple[Version, RunTree]] = OrderedDict()
         self._lock = threading.Lock()
 
-    def get(self, project: str, trace_id: str, version: Version) -> RunTree | None:
+    def get(
+        self, project: str, trace_id: str, version: Version, level: bool = False
+    ) -> RunTree | None:
+        """The trace's whole tree (or with `level`, its first level alone) as of `version`."""
+        key = (project, trace_id, level)
         with self._lock:
-            cached = self._trees.get((project, trace_id))
+            cached = self._trees.get(key)
             if cached is None or cached[0] != version:
                 return None
-            self._trees.move_to_end((project, trace_id))
+            self._trees.move_to_end(key)
             return cached[1]
 
-    def put(self, project: str, version: Version, tree: RunTree) -> None:
-        size = tree.root.descendants + 1
+    def put(self, project: str, version: Version, tree: RunTree, level: bool = False) -> None:
+        size = _held(tree, level)
         if size > self._max_steps:
             return
+        key = (project, tree.run.trace_id, level)
         with self._lock:
-            old = self._trees.pop((project, tree.run.trace_id), None)
-            self._steps += size - (old[1].root.descendants + 1 if old else 0)
-            self._trees[(project, tree.run.trace_id)] = (version, tree)
+            old = self._trees.pop(key, None)
+            self._steps += size - (_held(old[1], level) if old else 0)
+            self._trees[key] = (version, tree)
             while self._steps > self._max_steps:
-                _, (_, evicted) = self._trees.popitem(last=False)
-                self._steps -= evicted.root.descendants + 1
+                (_, _, was_level), (_, evicted) = self._trees.popitem(last=False)
+                self._steps -= _held(evicted, was_level)
+
+
+def _held(tree: RunTree, level: bool) -> int:
+    return len(tree.root.children) + 1 if level else tree.root.descendants + 1
 
 
 def trace_tree(
@@ -123,6 +134,49 @@ def run_tree(
     if found is None or found[0].run is None:
         return None  # a step, not a run
     return RunTree(found[0].run, found[0])
+
+
+# Steps from which a top-level run's first level is read alone (levels.py),
+# when its tree is not cached: below it the whole tree is assembled (and
+# cached) at once, in less time than a level takes.
+LEVELS_FROM = 10_000
+
+
+def first_level(
+    store: Store, project: str, run_id: str, cache: TreeCache | None = None
+) -> RunTree | None:
+    """A run's tree, of which the caller shows only the root and its first level.
+
+    A big top-level run not yet cached is read a level at a time: its first
+    level in ~1/8 of the time of its whole tree (0.7 s at 100,000 steps).
+    Anything else is its whole tree, as run_tree gives it.
+    """
+    trace_id = store.find_trace(project, run_id)
+    if trace_id is None:
+        return None
+    version = store.trace_version(project, trace_id)
+    if version[0] < LEVELS_FROM or (cache and cache.get(project, trace_id, version)):
+        return run_tree(store, project, run_id, cache, trace_id)
+    kept = cache.get(project, trace_id, version, level=True) if cache else None
+    if kept and run_id in (trace_id, kept.run.run_id):
+        return kept
+    # The root is the run's (a sub-run, asked by its own id, is not read here).
+    run = store.top_run_rows(project, [trace_id]).get(trace_id)
+    level = None
+    if run is not None and run_id in (trace_id, run.run_id) and len(run.run_id) == 16:
+        level = levels.first_level(store.trace_shape(project, trace_id), run.run_id)
+    if run is None or level is None:
+        return run_tree(store, project, run_id, cache, trace_id)
+    rows = {row.span_id: row for row in store.trace_steps(project, trace_id, level.span_ids())}
+    top = store.header(run, levels.totals_row(level, trace_id, rows))
+    top = with_parent(store, project, top)
+    root = levels.level_tree(level, rows, top)
+    if root is None:
+        return run_tree(store, project, run_id, cache, trace_id)
+    unresolved = top.parent_link is not None and top.parent_run_id is None
+    if cache and not unresolved:  # as trace_tree keeps whole trees
+        cache.put(project, version, RunTree(top, root), level=True)
+    return RunTree(top, root)
 
 
 def run_header(store: Store, project: str, run_id: str) -> RunHeader | None:

@@ -14,6 +14,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, NamedTuple
 
+import numpy as np
 from clickhouse_connect.driver.client import Client
 from clickhouse_connect.driver.exceptions import ClickHouseError
 from clickhouse_connect.driver.query import QueryResult
@@ -33,6 +34,13 @@ class RunKey(NamedTuple):
     # None for an agent or workflow step below its trace's top-level run,
     # whose header its trace's tree gives.
     header: RunHeader | None
+
+
+class RunRow(NamedTuple):
+    """A top-level run as sql.RUNS_SQL folds it: its header but for its totals."""
+
+    run_id: str
+    columns: Sequence[Any]  # sql.HEADER_NAMES
 
 
 # Run ids whose trace is kept (~200 bytes each).
@@ -91,7 +99,10 @@ class Store:
             rows = self._rows(sql.TRACE_EXISTS_SQL, {"project": project, "trace": run_id})
             found = run_id if rows else None
         else:
-            rows = self._rows(sql.FIND_TRACE_SQL, {"project": project, "id": run_id})
+            parameters = {"project": project, "id": run_id}
+            rows = self._rows(sql.FIND_LISTED_SQL, parameters) or self._rows(
+                sql.FIND_TRACE_SQL, parameters
+            )
             found = str(rows[0][0]) if rows else None
         if found is not None:
             # A span id names one trace for good: what was found stays true
@@ -111,13 +122,20 @@ class Store:
 
     def top_runs(self, project: str, trace_ids: Sequence[str]) -> dict[str, RunHeader]:
         """The top-level run of each trace, by trace id (absent: nothing stored)."""
-        parameters = {"project": project, "traces": list(trace_ids)}
         totals = self._totals(project, trace_ids)
-        stale_before = time.time_ns() - self._stale_after_ns
         return {
-            row[0]: _header(row, totals.get(row[0]), stale_before)
-            for row in self._rows(sql.RUNS_SQL, parameters)
+            trace: self.header(row, totals.get(trace))
+            for trace, row in self.top_run_rows(project, trace_ids).items()
         }
+
+    def top_run_rows(self, project: str, trace_ids: Sequence[str]) -> dict[str, RunRow]:
+        """What the header of each trace's top-level run says but for its totals."""
+        parameters = {"project": project, "traces": list(trace_ids)}
+        return {row[0]: RunRow(row[1], row) for row in self._rows(sql.RUNS_SQL, parameters)}
+
+    def header(self, run: RunRow, totals: Sequence[Any] | None) -> RunHeader:
+        """A run's header, from its row and its trace's row of TRACE_TOTALS_SQL."""
+        return _header(run.columns, totals, time.time_ns() - self._stale_after_ns)
 
     def _totals(self, project: str, trace_ids: Sequence[str]) -> dict[str, Sequence[Any]]:
         """What each trace's steps add up to, by trace id."""
@@ -234,11 +252,28 @@ class Store:
         parameters = {"project": project, "trace": trace_id, "step": step_id}
         return list(self._query(sql.STEP_LOGS_SQL, parameters).named_results())
 
+    def trace_shape(self, project: str, trace_id: str) -> np.ndarray:
+        """Every step of the trace as numbers (sql.TRACE_SHAPE_SQL), one record each."""
+        parameters = {"project": project, "trace": trace_id}
+        with _storage_errors():
+            return self._client.query_np(
+                sql.TRACE_SHAPE_SQL, parameters=parameters, settings=sql.READ_SETTINGS
+            )
+
+    def trace_steps(self, project: str, trace_id: str, step_ids: Sequence[str]) -> list[SpanRow]:
+        """Some steps of the trace, as trace_rows reads them."""
+        parameters = {"project": project, "trace": trace_id, "steps": list(step_ids)}
+        return _one_each(self._rows(sql.TRACE_STEPS_SQL, parameters))
+
     def trace_rows(self, project: str, trace_id: str) -> list[SpanRow]:
         """The trace's steps, each once: a pending span only until its span arrives."""
-        rows = self._rows(sql.TRACE_ROWS_SQL, {"project": project, "trace": trace_id})
-        ended = {row[0] for row in rows if not row[-1]}
-        return [_span_row(row) for row in rows if not row[-1] or row[0] not in ended]
+        return _one_each(self._rows(sql.TRACE_ROWS_SQL, {"project": project, "trace": trace_id}))
+
+
+def _one_each(rows: Sequence[Sequence[Any]]) -> list[SpanRow]:
+    """Each step once: a pending span only until its span arrives."""
+    ended = {row[0] for row in rows if not row[-1]}
+    return [_span_row(row) for row in rows if not row[-1] or row[0] not in ended]
 
 
 def _fresh(scope: dict[str, Any]) -> sql.Fresh:

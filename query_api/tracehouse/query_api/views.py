@@ -60,7 +60,7 @@ def run_view(run: RunHeader) -> dict[str, Any]:
         "duration_ms": _duration_ms(run.started_ns, run.ended_ns),
         "step_count": run.step_count,
         "tokens": _tokens(run.tokens),
-        "cost_usd": run.cost_usd,
+        "cost_usd": usd(run.cost_usd),
         "model": run.model,
         "error": _error(run.error),
         "input_preview": run.input_preview,
@@ -71,6 +71,12 @@ def run_view(run: RunHeader) -> dict[str, Any]:
 
 _RUN_ONLY = ("run_id", "trace_id", "parent_run_id", "trigger", "version", "service",
              "session_id", "step_count", "input_preview", "output_preview")  # fmt: skip
+
+
+def usd(cost: float | None) -> float | None:
+    """A cost to a billionth of a cent: the same costs summed in another order
+    (ClickHouse's, numpy's in levels.py, the tree's) differ in their last bits."""
+    return None if cost is None else round(cost, 11)
 
 
 def step_view(step: Step, depth: int | None) -> dict[str, Any]:
@@ -94,11 +100,11 @@ def _step(step: Step, levels: int) -> dict[str, Any]:
         "duration_ms": _duration_ms(row.start_ns, end),
         "model": row.model,
         "tokens": _tokens(row.tokens),
-        "cost_usd": row.cost_usd,
+        "cost_usd": usd(row.cost_usd),
         "error": {"type": row.error_type, "message": row.error_message} if failed else None,
         "orphan": step.orphan,
         "warnings": list(row.warnings),
-        "child_count": len(step.children),
+        "child_count": len(step.children) + step.unread,
         "children": None,
     } | dict.fromkeys(_RUN_ONLY)
     if step.run is not None:
@@ -108,6 +114,7 @@ def _step(step: Step, levels: int) -> dict[str, Any]:
         view |= {key: header[key] for key in _RUN_ONLY}
         view |= {k: header[k] for k in ("kind", "tokens", "cost_usd", "model", "error")}
     if levels > 0:
+        assert not step.unread, "a step whose children were not read is shown without them"
         view["children"] = [_step(child, levels - 1) for child in step.children]
     return view
 
@@ -266,12 +273,12 @@ def stats_view(
         ],
         "by_model": [
             {"model": model, "calls": calls, "tokens": {"input": i, "output": o, "total": t},
-             "cost_usd": cost}
+             "cost_usd": usd(cost)}
             for model, calls, i, o, t, cost in parts["by_model"]
         ],
         "by_run_name": [
             {"name": name, "runs": runs, "tokens": {"input": i, "output": o, "total": t},
-             "cost_usd": cost, "error_rate": failed / runs if runs else None}
+             "cost_usd": usd(cost), "error_rate": failed / runs if runs else None}
             for name, runs, i, o, t, cost, failed in parts["by_run_name"]
         ],
     }  # fmt: skip

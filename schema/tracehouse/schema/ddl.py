@@ -147,11 +147,13 @@ RUN_LIST = Table(
     # Newest first is a reverse read of the sorting key: a page reads a granule.
     order_by="(ProjectId, started_ns, run_id)",
     shard_key="cityHash64(trace_id)",
-    # The rows of runs that moved, found among a million; and the rows of a
-    # refresh under way, folded after the last mark.
+    # The rows of runs that moved, found among a million; the rows of a
+    # refresh under way, folded after the last mark; a run's trace, found by
+    # its id (a scan of every run id took 10-20 ms at a million runs).
     indexes=(
         ("idx_trace_id", "trace_id TYPE bloom_filter(0.01) GRANULARITY 1"),
         ("idx_folded_at", "folded_at TYPE minmax GRANULARITY 1"),
+        ("idx_run_id", "run_id TYPE bloom_filter(0.01) GRANULARITY 1"),
     ),
     # Unpartitioned, so runs expire row by row in merges, as their runs do.
     ttl_column="last_seen",
@@ -227,6 +229,14 @@ def add_indexes(table: Table, layout: Layout) -> list[str]:
         f"ADD INDEX IF NOT EXISTS {quote_identifier(name)} {spec}"
         for name, spec in table.indexes
     ]
+
+
+def materialize_index(table: Table, name: str, layout: Layout) -> str:
+    """ALTER building an index added later for the rows already stored (a mutation)."""
+    return (
+        f"ALTER TABLE {quote_identifier(layout.stored(table.name))}{layout.on_cluster()} "
+        f"MATERIALIZE INDEX {quote_identifier(name)}"
+    )
 
 
 def modify_settings(table: Table, names: tuple[str, ...], layout: Layout) -> str:

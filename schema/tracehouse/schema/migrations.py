@@ -28,6 +28,7 @@ from tracehouse.schema.ddl import (
     add_indexes,
     create_table,
     create_view,
+    materialize_index,
     modify_settings,
     modify_ttl,
     quote_identifier,
@@ -108,6 +109,14 @@ MIGRATIONS: tuple[Migration, ...] = (
         7,
         "run list rows deleted through patch parts",
         lambda layout, _: [modify_settings(RUN_LIST, tuple(k for k, _ in PATCH_SETTINGS), layout)],
+    ),
+    Migration(
+        8,
+        "runs found by id in the run list",
+        lambda layout, _: [
+            *add_indexes(RUN_LIST, layout),
+            materialize_index(RUN_LIST, "idx_run_id", layout),
+        ],
     ),
 )
 
