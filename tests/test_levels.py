@@ -22,7 +22,7 @@ from hypothesis import strategies as st
 from builders import Runs, chat, new_id, pending, span
 from conftest import RunningServer
 from tracehouse.query_api import levels, runs, views
-from tracehouse.query_api.runs import RunTree, first_level, run_tree
+from tracehouse.query_api.runs import RunTree, TreeCache, first_level, read_whole, run_tree
 
 AGENT = {"gen_ai.operation.name": "invoke_agent", "gen_ai.agent.name": "helper"}
 KINDS: dict[str, dict[str, Any]] = {
@@ -144,6 +144,37 @@ def test_a_plain_tree_is_read_alone_and_answers_alike(
         2,
     )
     assert answer["run"]["step_count"] == 32
+
+
+def test_a_first_level_read_alone_is_kept_and_its_whole_tree_read_after(
+    db: Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(runs, "LEVELS_FROM", 0)
+    built = Runs(db)
+    trace, root, agent = new_id(16), new_id(8), new_id(8)
+    built.send(
+        span("invoke_agent big", trace, root, start=0, end=90, attributes=AGENT),
+        span("agent", trace, agent, root, start=1, end=80, attributes=AGENT),
+        span("chat", trace, new_id(8), agent, start=2, end=3, attributes=chat((5, 5))),
+    )
+    store, cache = built.store, TreeCache(1_000)
+    alone = first_level(store, "default", root.hex(), cache)
+    assert alone is not None
+    assert first_level(store, "default", root.hex(), cache) is alone  # kept
+    version = store.trace_version("default", trace.hex())
+    assert cache.get("default", trace.hex(), version) is None
+
+    with cache.reading_ahead("default", trace.hex()) as first:  # a request already reading
+        assert first
+        read_whole(store, "default", alone, cache)
+        assert cache.get("default", trace.hex(), version) is None
+    read_whole(store, "default", alone, cache)
+
+    whole = cache.get("default", trace.hex(), version)
+    assert whole is not None
+    assert shown(whole) == shown(alone)
+    assert [len(s.children) for s in whole.root.children] == [1]
+    assert first_level(store, "default", root.hex(), cache) is whole
 
 
 def test_shapes_it_cannot_read_alone_are_assembled_whole(

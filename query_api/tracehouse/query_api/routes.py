@@ -12,7 +12,7 @@ from dataclasses import replace
 from typing import Annotated, Any
 
 import orjson
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, BackgroundTasks, Depends, Query, Request
 from fastapi.responses import Response
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import HTTPConnection
@@ -20,7 +20,14 @@ from starlette.requests import HTTPConnection
 from tracehouse.keys import ApiKeys, Use
 from tracehouse.query_api import models, params, views
 from tracehouse.query_api.assembly import find
-from tracehouse.query_api.runs import TreeCache, first_level, run_page, run_step, run_tree
+from tracehouse.query_api.runs import (
+    TreeCache,
+    first_level,
+    read_whole,
+    run_page,
+    run_step,
+    run_tree,
+)
 from tracehouse.query_api.sql import RunFilter
 from tracehouse.query_api.store import Store
 
@@ -135,6 +142,7 @@ async def get_tree(
     store: StoreDep,
     trees: TreesDep,
     project: ProjectDep,
+    after: BackgroundTasks,
     run_id: str,
     depth: Annotated[int | None, Query(ge=0, le=views.MAX_TREE_DEPTH)] = None,
     from_step: Annotated[str | None, Query(alias="from", max_length=64)] = None,
@@ -142,12 +150,15 @@ async def get_tree(
     """The nested steps of a run, sub-runs inline. `depth=N` keeps N levels below the
     tree's root (default: all, up to 100 levels); a cut step has `children: null` and its
     `child_count`. `from=<step_id>` roots the answer at that step."""
-    # A first level alone needs less of a big run than its whole tree.
+    # A first level alone needs less of a big run than its whole tree, which
+    # is read once the answer is sent, for the branches opened next.
     shallow = from_step is None and depth is not None and depth <= 1
     read = first_level if shallow else run_tree
     tree = await run_in_threadpool(read, store, project, params.run_id(run_id), trees)
     if tree is None:
         raise NotFound(f"no run {run_id}")
+    if shallow:
+        after.add_task(read_whole, store, project, tree, trees)
     root = tree.root
     if from_step is not None:
         found = find(tree.root, params.step_id(from_step))

@@ -6,8 +6,11 @@ question the API is asked, in the project of the caller.
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections import OrderedDict
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import replace
 from typing import Any, NamedTuple
 
@@ -22,6 +25,9 @@ from tracehouse.query_api.assembly import (
 )
 from tracehouse.query_api.sql import RunFilter
 from tracehouse.query_api.store import RunKey, Store
+from tracehouse.schema.clickhouse import StorageError
+
+log = logging.getLogger(__name__)
 
 
 class RunTree(NamedTuple):
@@ -49,6 +55,7 @@ class TreeCache:
         self._max_steps = max_steps
         self._steps = 0
         self._trees: OrderedDict[tuple[str, str, bool], tuple[Version, RunTree]] = OrderedDict()
+        self._ahead: set[tuple[str, str]] = set()  # traces being read ahead (read_whole)
         self._lock = threading.Lock()
 
     def get(
@@ -75,6 +82,20 @@ class TreeCache:
             while self._steps > self._max_steps:
                 (_, _, was_level), (_, evicted) = self._trees.popitem(last=False)
                 self._steps -= _held(evicted, was_level)
+
+    @contextmanager
+    def reading_ahead(self, project: str, trace_id: str) -> Iterator[bool]:
+        """Whether the caller is to read this trace ahead: one reader at a time."""
+        key = (project, trace_id)
+        with self._lock:
+            first = key not in self._ahead
+            self._ahead.add(key)
+        try:
+            yield first
+        finally:
+            if first:
+                with self._lock:
+                    self._ahead.discard(key)
 
 
 def _held(tree: RunTree, level: bool) -> int:
@@ -128,7 +149,12 @@ def run_tree(
     if trace_id is None:
         return None
     whole = trace_tree(store, project, trace_id, cache=cache)
-    if whole is None or run_id in (trace_id, whole.run.run_id):
+    return None if whole is None else _run_in(whole, run_id)
+
+
+def _run_in(whole: RunTree, run_id: str) -> RunTree | None:
+    """The run of this id in a trace's whole tree: the top-level run, or a sub-run."""
+    if run_id in (whole.run.trace_id, whole.run.run_id):
         return whole
     found = find(whole.root, run_id)
     if found is None or found[0].run is None:
@@ -155,8 +181,10 @@ def first_level(
     if trace_id is None:
         return None
     version = store.trace_version(project, trace_id)
-    if version[0] < LEVELS_FROM or (cache and cache.get(project, trace_id, version)):
+    if version[0] < LEVELS_FROM:
         return run_tree(store, project, run_id, cache, trace_id)
+    if cache and (whole := cache.get(project, trace_id, version)):
+        return _run_in(whole, run_id)
     kept = cache.get(project, trace_id, version, level=True) if cache else None
     if kept and run_id in (trace_id, kept.run.run_id):
         return kept
@@ -173,10 +201,25 @@ def first_level(
     root = levels.level_tree(level, rows, top)
     if root is None:
         return run_tree(store, project, run_id, cache, trace_id)
+    tree = RunTree(top, root)
     unresolved = top.parent_link is not None and top.parent_run_id is None
     if cache and not unresolved:  # as trace_tree keeps whole trees
-        cache.put(project, version, RunTree(top, root), level=True)
-    return RunTree(top, root)
+        cache.put(project, version, tree, level=True)
+    return tree
+
+
+def read_whole(store: Store, project: str, tree: RunTree, cache: TreeCache) -> None:
+    """Assemble and cache the whole tree behind a first level read alone, if it has
+    branches: the ones a client opens next are then answered from the cache."""
+    if not any(step.unread for step in tree.root.children):
+        return
+    with cache.reading_ahead(project, tree.run.trace_id) as first:
+        if not first:
+            return  # a request before this one is reading it
+        try:
+            trace_tree(store, project, tree.run.trace_id, cache=cache)
+        except StorageError as exc:  # after the answer: nobody waits for it
+            log.warning("a tree was not read ahead: %s", exc)
 
 
 def run_header(store: Store, project: str, run_id: str) -> RunHeader | None:
