@@ -87,8 +87,11 @@ async def serve(
         if roles.query_api:
             # ClickHouse itself stops a read that runs past the request timeout.
             limit = {"max_execution_time": max(1, round(settings.request_timeout_s))}
-            read_client = stack.enter_context(closing(open_client(settings.dsn, limit)))
-            store = Store(read_client, settings.stale_after_s)
+            read_clients = [
+                stack.enter_context(closing(open_client(settings.dsn, limit)))
+                for _ in range(settings.read_clients)
+            ]
+            store = Store(read_clients, settings.stale_after_s)
             if settings.run_list_refresh_s:
                 refresh_client = stack.enter_context(closing(open_client(settings.dsn)))
                 await stack.enter_async_context(

@@ -107,6 +107,12 @@ class Settings(BaseSettings):
     cors_origins: str = Field(
         "", description="Origins (comma-separated, or `*`) the query API answers from browsers."
     )
+    # One client runs one query at a time (chDB holds a lock per client; over
+    # HTTP a client's session takes one query at a time): requests read
+    # through a few, so a slow one (a big tree, the stats) holds up no other.
+    read_clients: int = Field(
+        4, ge=1, le=64, description="ClickHouse clients the query API reads through at once."
+    )
     request_timeout_s: float = Field(
         30.0, gt=0, description="Longest an OTLP body may take to arrive, or a query to run."
     )

@@ -7,6 +7,7 @@ run them on worker threads.
 
 from __future__ import annotations
 
+import queue
 import threading
 import time
 from collections import OrderedDict
@@ -53,9 +54,15 @@ class QueryTimeout(StorageError):
 
 class Store:
     def __init__(
-        self, client: Client, stale_after_s: float = 1800.0, run_list_margin_s: float = 5.0
+        self,
+        client: Client | Sequence[Client],
+        stale_after_s: float = 1800.0,
+        run_list_margin_s: float = 5.0,
     ) -> None:
-        self._client = client
+        # Each query takes a client of its own, waiting while all are busy.
+        self._clients: queue.SimpleQueue[Client] = queue.SimpleQueue()
+        for each in client if isinstance(client, Sequence) else [client]:
+            self._clients.put(each)
         self._stale_after_ns = int(stale_after_s * 1e9)
         # How long before a refresh of the run list read `runs` an insert may
         # have stamped its rows (`IngestedAt`) and still not be visible: runs
@@ -68,24 +75,36 @@ class Store:
         self._traces: OrderedDict[tuple[str, str], str] = OrderedDict()
         self._traces_lock = threading.Lock()
 
+    @contextmanager
+    def _client(self) -> Iterator[Client]:
+        client = self._clients.get()
+        try:
+            with _storage_errors():
+                yield client
+        finally:
+            self._clients.put(client)
+
     def _query(self, query: str, parameters: dict[str, Any]) -> QueryResult:
-        with _storage_errors():
-            return self._client.query(query, parameters=parameters, settings=sql.READ_SETTINGS)
+        with self._client() as client:
+            return client.query(query, parameters=parameters, settings=sql.READ_SETTINGS)
 
     def _command(self, statement: str, parameters: dict[str, Any]) -> None:
         """A statement that answers no rows (an insert from a select, a delete)."""
-        with _storage_errors():
-            self._client.command(statement, parameters=parameters)
+        with self._client() as client:
+            client.command(statement, parameters=parameters)
 
     def _rows(self, query: str, parameters: dict[str, Any]) -> Sequence[Sequence[Any]]:
         return self._query(query, parameters).result_rows
 
     def ready(self) -> bool:
         """ClickHouse answers and every migration this build knows is applied."""
+        client = self._clients.get()
         try:
-            done = applied_versions(self._client)
+            done = applied_versions(client)
         except (ClickHouseError, OSError) as exc:
             raise StorageError(f"ClickHouse is not ready: {exc}") from exc
+        finally:
+            self._clients.put(client)
         return all(m.version in done for m in MIGRATIONS)
 
     def find_trace(self, project: str, run_id: str) -> str | None:
@@ -255,8 +274,8 @@ class Store:
     def trace_shape(self, project: str, trace_id: str) -> np.ndarray:
         """Every step of the trace as numbers (sql.TRACE_SHAPE_SQL), one record each."""
         parameters = {"project": project, "trace": trace_id}
-        with _storage_errors():
-            return self._client.query_np(
+        with self._client() as client:
+            return client.query_np(
                 sql.TRACE_SHAPE_SQL, parameters=parameters, settings=sql.READ_SETTINGS
             )
 
