@@ -18,6 +18,7 @@ import pytest
 from clickhouse_connect.driver.client import Client
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from opentelemetry.proto.trace.v1 import trace_pb2 as otlp
 
 from builders import Runs, chat, new_id, pending, span
 from conftest import RunningServer
@@ -100,21 +101,31 @@ def test_the_first_level_read_alone_is_the_whole_trees(
         assert shown(first_level(store, "default", asked), 0) == shown(whole, 0)
 
 
+def run_of_agents(
+    agents: int, chats: int, failed: int | None = None
+) -> tuple[bytes, bytes, list[otlp.Span]]:
+    """A root agent over sub-agents of LLM steps each (the one numbered `failed` fails):
+    its trace, its root and its spans. LLM step s takes 100 + s tokens in and 10 out."""
+    trace, root = new_id(16), new_id(8)
+    sent = [span("invoke_agent big", trace, root, start=0, end=900, attributes=AGENT)]
+    for a in range(agents):
+        agent = new_id(8)
+        sent.append(span(f"agent {a}", trace, agent, root, start=1 + a, end=800, attributes=AGENT,
+                         error="boom" if a == failed else None))  # fmt: skip
+        sent += [span(f"chat {a}.{s}", trace, new_id(8), agent, start=10 + s, end=20 + s,
+                      attributes=chat((100 + s, 10), model=f"model-{s}")
+                      | {"input.value": f"question {s}", "output.value": f"answer {s}"})
+                 for s in range(chats)]  # fmt: skip
+    return trace, root, sent
+
+
 def test_a_plain_tree_is_read_alone_and_answers_alike(
     db: Client, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(runs, "LEVELS_FROM", 0)
     built = Runs(db)
-    trace, root = new_id(16), new_id(8)
-    sent = [span("invoke_agent big", trace, root, start=0, end=900, attributes=AGENT)]
-    for a in range(4):
-        agent = new_id(8)
-        sent.append(span(f"agent {a}", trace, agent, root, start=1 + a, end=800, attributes=AGENT,
-                         error="boom" if a == 2 else None))  # fmt: skip
-        sent += [span(f"chat {a}.{s}", trace, new_id(8), agent, start=10 + s, end=20 + s,
-                      attributes=chat((100 + s, 10), model=f"model-{s}")
-                      | {"input.value": f"question {s}", "output.value": f"answer {s}"})
-                 for s in range(6)]  # fmt: skip
+    trace, root, sent = run_of_agents(agents=4, chats=6, failed=2)
+    agent = sent[-1].parent_span_id  # agent 3, whose last LLM step that is
     # Started with agent 3's first LLM step: the lesser input is the first.
     sent.append(span("chat 3.tie", trace, new_id(8), agent, start=10, end=11,
                      attributes=chat((1, 1)) | {"input.value": "a question"}))  # fmt: skip
@@ -212,13 +223,7 @@ def test_the_api_answers_a_big_runs_first_level_alone_then_from_its_tree(
 ) -> None:
     monkeypatch.setattr(runs, "LEVELS_FROM", 100)
     built = Runs(db)
-    trace, root = new_id(16), new_id(8)
-    sent = [span("invoke_agent big", trace, root, start=0, end=900, attributes=AGENT)]
-    for a in range(10):
-        agent = new_id(8)
-        sent.append(span(f"agent {a}", trace, agent, root, start=1 + a, end=800, attributes=AGENT))
-        sent += [span(f"chat {a}.{s}", trace, new_id(8), agent, start=20 + s, end=30 + s,
-                      attributes=chat((50, 5))) for s in range(12)]  # fmt: skip
+    trace, root, sent = run_of_agents(agents=10, chats=12)
     built.send(*sent)
     assert read_alone(built.store, root.hex(), trace.hex())
 
@@ -232,4 +237,4 @@ def test_the_api_answers_a_big_runs_first_level_alone_then_from_its_tree(
     assert [s["children"] for s in alone["root"]["children"]] == [None] * 10
     assert [len(s["children"]) for s in whole["root"]["children"]] == [12] * 10
     assert alone["run"]["step_count"] == 130
-    assert alone["run"]["tokens"] == {"input": 6000, "output": 600, "total": 6600}
+    assert alone["run"]["tokens"] == {"input": 12_660, "output": 1_200, "total": 13_860}

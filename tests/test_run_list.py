@@ -119,6 +119,16 @@ def answers(store: Store) -> dict[str, Any]:
     }
 
 
+def refreshed(db: Client) -> tuple[Runs, dict[str, bytes], Store, RunList]:
+    """Every kind of run, refreshed once into the run list (with a margin of 0)."""
+    runs = Runs(db)
+    made = every_kind_of_run(runs.send, start=0)
+    store = Store(db, run_list_margin_s=0)
+    refresher = RunList(store, 1)
+    refresher.refresh()
+    return runs, made, store, refresher
+
+
 def test_the_list_from_the_run_list_is_the_list_from_runs(db: Client) -> None:
     runs = Runs(db)
     made = every_kind_of_run(runs.send, start=0)
@@ -137,11 +147,7 @@ def test_the_list_from_the_run_list_is_the_list_from_runs(db: Client) -> None:
 def test_runs_that_moved_are_read_fresh_then_refreshed_in_place(
     db: Client, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    runs = Runs(db)
-    made = every_kind_of_run(runs.send, start=0)
-    store = Store(db, run_list_margin_s=0)
-    refresher = RunList(store, 1)
-    refresher.refresh()
+    runs, made, store, refresher = refreshed(db)
     # The root arrives for a run listed as running; a pending root ends; new
     # runs arrive.
     missing = runs.tree(made["running, root missing"]).run.run_id
@@ -229,11 +235,7 @@ def stored_rows(db: Client, patches: bool) -> int:
 def test_the_refreshes_deletes_are_written_into_the_parts(
     db: Client, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    runs = Runs(db)
-    made = every_kind_of_run(runs.send, start=0)
-    store = Store(db, run_list_margin_s=0)
-    refresher = RunList(store, 1)
-    refresher.refresh()
+    runs, made, _, refresher = refreshed(db)
     runs.send(span("chat", made["completed"], new_id(8), start=1, end=2))
     # A refresh between rechecks: the replaced row is only masked, on read.
     assert refresher.refresh() == 1
@@ -251,11 +253,7 @@ def test_the_refreshes_deletes_are_written_into_the_parts(
 
 
 def test_a_refresh_stopped_before_its_delete_is_finished_by_the_next(db: Client) -> None:
-    runs = Runs(db)
-    made = every_kind_of_run(runs.send, start=0)
-    store = Store(db, run_list_margin_s=0)
-    refresher = RunList(store, 1)
-    refresher.refresh()
+    runs, made, store, _ = refreshed(db)
     runs.send(span("chat", made["completed"], new_id(8), start=1, end=2))
     fold, _delete, _mark = sql.refresh_run_list(moved_bound=False)
     db.command(fold, parameters={"since": store.run_list_mark()})  # and the process died here
