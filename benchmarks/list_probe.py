@@ -8,7 +8,8 @@ this process, as `query_bench` runs them. Each page is asked as the API asks
 for it (`Store.run_page`): the run list's marks, the runs that moved since
 its last refresh (read fresh), the page, its runs' totals and the counts.
 The query benchmark times the whole request over HTTP; this says which part
-of it to work on.
+of it to work on. Then the first page over HTTP, beside `/healthz`, which
+asks ClickHouse nothing: what the request and the event loop add.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import statistics
 import time
 from typing import Any
 
+import httpx
 from clickhouse_connect.driver.query import QueryResult
 
 from benchmarks.ingest_bench import percentile
@@ -92,6 +94,18 @@ def main() -> None:
     for label, f in LISTS.items():
         print(f"| {label} | {probe(store, f, args.repeat)} |", flush=True)
     client.close()
+    # The same first page over HTTP, and an answer with no ClickHouse in it:
+    # what the event loop and the request add to a page.
+    print("\n| over HTTP | p50 / p95 ms |\n|---|---|")
+    with httpx.Client(base_url=f"http://127.0.0.1:{bench.ports.api}", timeout=60) as http:
+        for path in ("/healthz", "/api/v1/runs"):
+            times = []
+            for _ in range(args.repeat):
+                began = time.perf_counter()
+                http.get(path).raise_for_status()
+                times.append((time.perf_counter() - began) * 1000)
+            p50, p95 = statistics.median(times), percentile(times, 0.95)
+            print(f"| GET {path} | {p50:.1f} / {p95:.1f} |", flush=True)
     bench.stop("list_probe", args)
 
 
