@@ -8,7 +8,8 @@ and the run's header need: counts, token and cost sums, and which steps
 started or ended first, whose previews and models are read apart with the
 first level's own rows. What it answers is what assembly.py would, for the
 same rows (tests/test_levels.py); the few shapes it cannot answer (a cycle,
-a root not stored, ids that are not 16 hex digits) go the whole way.
+a root not stored, ids that are not 16 hex digits, a step that started
+before the orphan it is under) go the whole way.
 """
 
 from __future__ import annotations
