@@ -109,10 +109,15 @@ def trace_tree(
     *,
     cache: TreeCache | None = None,
     resolve_parent: bool = True,
+    version: Version | None = None,
 ) -> RunTree | None:
-    """The whole tree of a trace under its top-level run."""
+    """The whole tree of a trace under its top-level run.
+
+    `version`: the trace's, where the caller has just read it.
+    """
     # Read before the rows: a tree cached under it is never older than it says.
-    version = store.trace_version(project, trace_id) if cache else None
+    if cache and version is None:
+        version = store.trace_version(project, trace_id)
     if cache and version and (cached := cache.get(project, trace_id, version)):
         return cached
     top = store.top_runs(project, [trace_id]).get(trace_id)
@@ -181,10 +186,8 @@ def first_level(
     if trace_id is None:
         return None
     version = store.trace_version(project, trace_id)
-    if version[0] < LEVELS_FROM:
-        return run_tree(store, project, run_id, cache, trace_id)
-    if cache and (whole := cache.get(project, trace_id, version)):
-        return _run_in(whole, run_id)
+    if version[0] < LEVELS_FROM or (cache and cache.get(project, trace_id, version)):
+        return _whole(store, project, trace_id, run_id, cache, version)
     kept = cache.get(project, trace_id, version, level=True) if cache else None
     if kept and run_id in (trace_id, kept.run.run_id):
         return kept
@@ -194,18 +197,31 @@ def first_level(
     if run is not None and run_id in (trace_id, run.run_id) and len(run.run_id) == 16:
         level = levels.first_level(store.trace_shape(project, trace_id), run.run_id)
     if run is None or level is None:
-        return run_tree(store, project, run_id, cache, trace_id)
+        return _whole(store, project, trace_id, run_id, cache, version)
     rows = {row.span_id: row for row in store.trace_steps(project, trace_id, level.span_ids())}
     top = store.header(run, levels.totals_row(level, trace_id, rows))
     top = with_parent(store, project, top)
     root = levels.level_tree(level, rows, top)
     if root is None:
-        return run_tree(store, project, run_id, cache, trace_id)
+        return _whole(store, project, trace_id, run_id, cache, version)
     tree = RunTree(top, root)
     unresolved = top.parent_link is not None and top.parent_run_id is None
     if cache and not unresolved:  # as trace_tree keeps whole trees
         cache.put(project, version, tree, level=True)
     return tree
+
+
+def _whole(
+    store: Store,
+    project: str,
+    trace_id: str,
+    run_id: str,
+    cache: TreeCache | None,
+    version: Version,
+) -> RunTree | None:
+    """The run's tree from its trace's whole tree, as run_tree gives it (version read)."""
+    whole = trace_tree(store, project, trace_id, cache=cache, version=version)
+    return None if whole is None else _run_in(whole, run_id)
 
 
 def read_whole(store: Store, project: str, tree: RunTree, cache: TreeCache) -> None:
