@@ -168,9 +168,12 @@ def _run_in(whole: RunTree, run_id: str) -> RunTree | None:
 
 
 # Steps from which a top-level run's first level is read alone (levels.py),
-# when its tree is not cached: below it the whole tree is assembled (and
-# cached) at once, in less time than a level takes.
-LEVELS_FROM = 10_000
+# when its tree is not cached. Below it the whole tree is assembled (and
+# cached) at once, as a level read alone would have it read again after its
+# answer: whole, 35 ms at 1,000 steps, 53 at 5,000, 78 at 10,000; a level
+# alone 32, 35, 39 (benchmarks/level_sizes.py). From 5,000 steps a whole
+# tree's first read nears 100 ms at 20M spans, where finding a run costs more.
+LEVELS_FROM = 5_000
 
 
 def first_level(
@@ -179,7 +182,7 @@ def first_level(
     """A run's tree, of which the caller shows only the root and its first level.
 
     A big top-level run not yet cached is read a level at a time: its first
-    level in ~1/8 of the time of its whole tree (0.7 s at 100,000 steps).
+    level in ~1/6 of the time of its whole tree (0.8 s at 100,000 steps).
     Anything else is its whole tree, as run_tree gives it.
     """
     trace_id = store.find_trace(project, run_id)
