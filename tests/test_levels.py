@@ -14,6 +14,7 @@ from __future__ import annotations
 from typing import Any
 
 import httpx
+import numpy as np
 import pytest
 from clickhouse_connect.driver.client import Client
 from hypothesis import HealthCheck, given, settings
@@ -216,6 +217,51 @@ def test_shapes_it_cannot_read_alone_are_assembled_whole(
     answer = shown(first_level(built.store, "default", root.hex()))
     assert answer == shown(run_tree(built.store, "default", root.hex()))
     assert [s["name"] for s in answer["root"]["children"]] == ["early", "orphan"]
+
+
+def test_a_root_not_arrived_whose_span_has_a_parent_is_no_ones_child(
+    db: Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(runs, "LEVELS_FROM", 0)
+    built = Runs(db)
+    trace, graph, node, early = new_id(16), new_id(8), new_id(8), new_id(8)
+    # No root span yet: the run is named after the earliest span's parent, the
+    # node, whose own parent (a chain) is stored and whose child started first.
+    built.send(
+        span("graph", trace, graph, new_id(8), start=20, end=70, attributes=KINDS["chain"]),
+        span("plan", trace, node, graph, start=15, end=25, attributes=KINDS["node"]),
+        span("early", trace, early, node, start=5, end=15),
+        span("search", trace, new_id(8), graph, start=30, end=31, attributes=KINDS["tool"]),
+    )
+    assert built.tree(trace).run.run_id == node.hex()
+    assert read_alone(built.store, node.hex(), trace.hex())
+    answer = shown(first_level(built.store, "default", node.hex()))
+    assert answer == shown(run_tree(built.store, "default", node.hex()))
+    chain = next(s for s in answer["root"]["children"] if s["name"] == "graph")
+    assert (chain["child_count"], chain["kind"], chain["run_id"]) == (1, "chain", None)
+
+
+def test_token_sums_stay_exact_past_what_a_float_holds() -> None:
+    # The collector keeps up to 10**12 tokens a field; 10,001 such LLM steps
+    # under one agent sum past 2**53, where float sums lose units.
+    dtype = [("id", "u8"), ("parent", "u8"), ("flags", "u1"), ("start", "i8"), ("end", "i8"),
+             ("input_tokens", "u8"), ("output_tokens", "u8"), ("total_tokens", "u8"),
+             ("cost", "f8")]  # fmt: skip
+    many = 10_001
+    shape = np.zeros(many + 2, dtype=dtype)
+    shape["id"] = np.arange(1, many + 3)
+    shape["parent"][1] = 1  # the agent, under the root (id 1)
+    shape["parent"][2:] = 2
+    shape["flags"][2:] = 1 << levels.FLAGS.index("llm")
+    shape["start"] = np.arange(many + 2)
+    shape["end"] = shape["start"] + 1
+    tokens = 10**12 - 1
+    shape["input_tokens"][2:] = tokens
+
+    level = levels.first_level(shape, levels.span_hex(1))
+
+    assert level is not None
+    assert [top.tokens.input for top in level.tops] == [many * tokens]
 
 
 def test_the_api_answers_a_big_runs_first_level_alone_then_from_its_tree(

@@ -125,16 +125,21 @@ def first_level(shape: np.ndarray, root_id: str) -> Level | None:
 
     llm, running = flag["llm"], flag["running"]
     below = (top != rows) & (rows != root)  # strictly below a first-level step
-    child = (parent >= 0) & (parent != rows)  # a child of a step (not of itself)
+    # A child of a step: not of itself, and never the root (a root not yet
+    # arrived stands for a span that may have a parent of its own).
+    child = (parent >= 0) & (parent != rows) & (rows != root)
 
     def count(mask: np.ndarray, by: np.ndarray = top, weights: Any = None) -> np.ndarray:
         return np.bincount(by[mask], None if weights is None else weights[mask], minlength=n)
 
+    def total(mask: np.ndarray, values: np.ndarray) -> np.ndarray:
+        # In integers: float weights lose units past 2**53 tokens.
+        sums = np.zeros(n, dtype=np.int64)
+        np.add.at(sums, top[mask], values[mask].astype(np.int64))
+        return sums
+
     ended_llm = below & llm & ~running
-    llm_tokens = [
-        np.rint(count(ended_llm, weights=shape[f"{k}_tokens"])).astype(np.int64)
-        for k in ("input", "output", "total")
-    ]
+    llm_tokens = [total(ended_llm, shape[f"{k}_tokens"]) for k in ("input", "output", "total")]
     costed = below & flag["costed"]
     costs, cost_count = count(costed, weights=shape["cost"]), count(costed)
     first_llm = _groups(below & llm, top, start, np.minimum)
