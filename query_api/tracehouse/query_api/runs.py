@@ -153,8 +153,7 @@ def run_tree(
     trace_id = trace_id or store.find_trace(project, run_id)
     if trace_id is None:
         return None
-    whole = trace_tree(store, project, trace_id, cache=cache)
-    return None if whole is None else _run_in(whole, run_id)
+    return _whole(store, project, trace_id, run_id, cache)
 
 
 def _run_in(whole: RunTree, run_id: str) -> RunTree | None:
@@ -220,9 +219,9 @@ def _whole(
     trace_id: str,
     run_id: str,
     cache: TreeCache | None,
-    version: Version,
+    version: Version | None = None,
 ) -> RunTree | None:
-    """The run's tree from its trace's whole tree, as run_tree gives it (version read)."""
+    """The run's tree in its trace's whole tree (`version`: the trace's, if just read)."""
     whole = trace_tree(store, project, trace_id, cache=cache, version=version)
     return None if whole is None else _run_in(whole, run_id)
 

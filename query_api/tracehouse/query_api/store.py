@@ -77,20 +77,20 @@ class Store:
 
     @contextmanager
     def _client(self) -> Iterator[Client]:
+        """A client of the store's own for one query, given back after it."""
         client = self._clients.get()
         try:
-            with _storage_errors():
-                yield client
+            yield client
         finally:
             self._clients.put(client)
 
     def _query(self, query: str, parameters: dict[str, Any]) -> QueryResult:
-        with self._client() as client:
+        with self._client() as client, _storage_errors():
             return client.query(query, parameters=parameters, settings=sql.READ_SETTINGS)
 
     def _command(self, statement: str, parameters: dict[str, Any]) -> None:
         """A statement that answers no rows (an insert from a select, a delete)."""
-        with self._client() as client:
+        with self._client() as client, _storage_errors():
             client.command(statement, parameters=parameters)
 
     def _rows(self, query: str, parameters: dict[str, Any]) -> Sequence[Sequence[Any]]:
@@ -98,13 +98,11 @@ class Store:
 
     def ready(self) -> bool:
         """ClickHouse answers and every migration this build knows is applied."""
-        client = self._clients.get()
-        try:
-            done = applied_versions(client)
-        except (ClickHouseError, OSError) as exc:
-            raise StorageError(f"ClickHouse is not ready: {exc}") from exc
-        finally:
-            self._clients.put(client)
+        with self._client() as client:
+            try:
+                done = applied_versions(client)
+            except (ClickHouseError, OSError) as exc:
+                raise StorageError(f"ClickHouse is not ready: {exc}") from exc
         return all(m.version in done for m in MIGRATIONS)
 
     def find_trace(self, project: str, run_id: str) -> str | None:
@@ -274,7 +272,7 @@ class Store:
     def trace_shape(self, project: str, trace_id: str) -> np.ndarray:
         """Every step of the trace as numbers (sql.TRACE_SHAPE_SQL), one record each."""
         parameters = {"project": project, "trace": trace_id}
-        with self._client() as client:
+        with self._client() as client, _storage_errors():
             return client.query_np(
                 sql.TRACE_SHAPE_SQL, parameters=parameters, settings=sql.READ_SETTINGS
             )
