@@ -50,13 +50,14 @@ def read_alone(store: Any, run_id: str, trace_id: str) -> bool:
 
 
 # One step: (parent: one of the steps before it, by index, -1 the root, or
-# "missing" / "self"), its kind, whether it failed, whether it is still
-# running (a pending span only), when it starts after its parent.
+# "missing" / "self"), its kind, whether it failed, what of it arrived (its
+# span, a pending span only: still running, or both), when it starts after
+# its parent.
 step = st.tuples(
     st.one_of(st.integers(-1, 60), st.sampled_from(["missing", "self"])),
     st.sampled_from([*KINDS, "llm", "llm", "agent"]),
     st.booleans(),
-    st.booleans(),
+    st.sampled_from(["ended", "running", "both"]),
     st.integers(-2, 5),
 )
 
@@ -74,7 +75,7 @@ def test_the_first_level_read_alone_is_the_whole_trees(
     ids = [new_id(8) for _ in steps]
     starts: list[int] = []
     sent = [span("invoke_agent big", trace, root, start=0, end=10_000, attributes=AGENT)]
-    for n, (parent, kind, failed, running, after) in enumerate(steps):
+    for n, (parent, kind, failed, arrived, after) in enumerate(steps):
         if parent == "missing":
             parent_id, parent_start = new_id(8), 0
         elif parent == "self":
@@ -90,7 +91,9 @@ def test_the_first_level_read_alone_is_the_whole_trees(
                 "input.value": f"question {n % 4}", "output.value": f"answer {n}"}  # fmt: skip
         made = span(f"{kind} {n}", trace, ids[n], parent_id, start=starts[-1], end=starts[-1] + 7,
                     attributes=attributes, error="boom" if failed else None)  # fmt: skip
-        sent.append(pending(made) if running else made)
+        sent += {"ended": [made], "running": [pending(made)], "both": [pending(made), made]}[
+            arrived
+        ]
     built.send(*sent)
 
     store = built.store
@@ -134,13 +137,21 @@ def test_a_plain_tree_is_read_alone_and_answers_alike(
     sent.append(span("graph", trace, graph, root, start=50, end=90, attributes=KINDS["chain"]))
     sent += [span(f"node {n}", trace, new_id(8), graph, start=51 + n, end=60,
                   attributes=KINDS["node"]) for n in range(2)]  # fmt: skip
+    # Agent 0's steps were announced by pending spans before they ended, and
+    # agent 1 has one more LLM step still running: each step counts once.
+    chats = [s for s in sent if s.name.startswith("chat 0.")]
+    sent += [pending(s) for s in chats]
+    agent_1 = next(s for s in sent if s.name == "agent 1")
+    running = span("chat 1.running", trace, new_id(8), agent_1.span_id, start=30, end=31,
+                   attributes=chat((50, 50)))  # fmt: skip
+    sent.append(pending(running))
     built.send(*sent)
 
     assert read_alone(built.store, root.hex(), trace.hex())
     answer = shown(first_level(built.store, "default", root.hex()))
     assert answer == shown(run_tree(built.store, "default", root.hex()))
     agents = answer["root"]["children"][:4]
-    assert [a["child_count"] for a in agents] == [6, 6, 6, 7]
+    assert [a["child_count"] for a in agents] == [6, 7, 6, 7]
     assert [a["children"] for a in agents] == [None] * 4
     assert agents[0]["tokens"] == {"input": 615, "output": 60, "total": 675}
     # An agent's previews are its first LLM step's input and its last one's output.
@@ -155,7 +166,7 @@ def test_a_plain_tree_is_read_alone_and_answers_alike(
         "workflow",
         2,
     )
-    assert answer["run"]["step_count"] == 32
+    assert answer["run"]["step_count"] == 33
 
 
 def test_a_first_level_read_alone_is_kept_and_its_whole_tree_read_after(

@@ -92,6 +92,7 @@ async def serve(
                 for _ in range(settings.read_clients)
             ]
             store = Store(read_clients, settings.stale_after_s)
+            await asyncio.to_thread(store.warm)
             if settings.run_list_refresh_s:
                 refresh_client = stack.enter_context(closing(open_client(settings.dsn)))
                 await stack.enter_async_context(

@@ -41,6 +41,18 @@ def _flags(shape: np.ndarray) -> dict[str, np.ndarray]:
     return {name: (shape["flags"] & (1 << bit)) != 0 for bit, name in enumerate(FLAGS)}
 
 
+def _one_each(shape: np.ndarray) -> np.ndarray:
+    """Each step once: a pending span only until its span arrives (as the store's
+    `_one_each` keeps rows). ClickHouse sorting 100,000 rows for it took ~10 ms."""
+    pending = (shape["flags"] & (1 << FLAGS.index("pending"))) != 0
+    if not pending.any():
+        return shape
+    keep = ~pending
+    keep[pending] = ~np.isin(shape["id"][pending], shape["id"][keep])
+    one_each: np.ndarray = shape[keep]
+    return one_each
+
+
 def span_number(span_id: str) -> int:
     """A 16-hex span id as TRACE_SHAPE_SQL reads it (`reinterpretAsUInt64(unhex(…))`)."""
     return int.from_bytes(bytes.fromhex(span_id), "little")
@@ -94,6 +106,7 @@ class Level(NamedTuple):
 
 def first_level(shape: np.ndarray, root_id: str) -> Level | None:
     """The first level under the root, or None where assembly.py must answer."""
+    shape = _one_each(shape)
     n = len(shape)
     if n == 0:
         return None

@@ -10,6 +10,7 @@ import logging
 import threading
 from collections import OrderedDict
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import replace
 from typing import Any, NamedTuple
@@ -193,11 +194,16 @@ def first_level(
     kept = cache.get(project, trace_id, version, level=True) if cache else None
     if kept and run_id in (trace_id, kept.run.run_id):
         return kept
-    # The root is the run's (a sub-run, asked by its own id, is not read here).
-    run = store.top_run_rows(project, [trace_id]).get(trace_id)
+    # The run's row and the trace's shape at once, each on a read client and
+    # a core of its own (~14 and ~40 ms at 100,000 steps, one after the other).
+    with ThreadPoolExecutor(1) as reader:
+        shaped = reader.submit(store.trace_shape, project, trace_id)
+        run = store.top_run_rows(project, [trace_id]).get(trace_id)
+        shape = shaped.result()
     level = None
+    # The root is the run's (a sub-run, asked by its own id, is not read here).
     if run is not None and run_id in (trace_id, run.run_id) and len(run.run_id) == 16:
-        level = levels.first_level(store.trace_shape(project, trace_id), run.run_id)
+        level = levels.first_level(shape, run.run_id)
     if run is None or level is None:
         return _whole(store, project, trace_id, run_id, cache, version)
     rows = {row.span_id: row for row in store.trace_steps(project, trace_id, level.span_ids())}

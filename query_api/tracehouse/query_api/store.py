@@ -7,6 +7,7 @@ run them on worker threads.
 
 from __future__ import annotations
 
+import logging
 import queue
 import threading
 import time
@@ -24,6 +25,8 @@ from tracehouse.query_api import sql
 from tracehouse.query_api.assembly import Chunk, Error, RunHeader, SpanRow, Tokens
 from tracehouse.schema.clickhouse import StorageError
 from tracehouse.schema.migrations import MIGRATIONS, applied_versions
+
+log = logging.getLogger(__name__)
 
 
 class RunKey(NamedTuple):
@@ -104,6 +107,15 @@ class Store:
             except (ClickHouseError, OSError) as exc:
                 raise StorageError(f"ClickHouse is not ready: {exc}") from exc
         return all(m.version in done for m in MIGRATIONS)
+
+    def warm(self) -> None:
+        """Load what a first read would wait for (sql.WARM_SQL), as far as ClickHouse lets."""
+        with self._client() as client:
+            for statement in sql.WARM_SQL:
+                try:
+                    client.command(statement)
+                except ClickHouseError as exc:
+                    log.info("not warmed (%s): %s", statement, exc)
 
     def find_trace(self, project: str, run_id: str) -> str | None:
         """The trace holding a run (by its run id, or by trace id for a top-level run)."""
